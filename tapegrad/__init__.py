@@ -1,0 +1,47 @@
+"""tapegrad: reverse-mode automatic differentiation for NumPy that records every call on a tape.
+
+DeZero's API (``Variable``, ``Function``, ``Config``, ``no_grad``, ``tapegrad.functions``) plus
+``record()``: the recorded tape can be saved, loaded elsewhere, inspected, replayed and
+differentiated offline.
+"""
+
+from . import ops as _ops  # registers the built-in ops
+from .config import Config, no_grad, test_mode, using_config
+from .core import Function, Parameter, Variable, as_array, as_variable
+from .errors import (
+    GuardError,
+    TapeCorruptError,
+    TapeFormatError,
+    TapeTruncatedError,
+    UnknownOpError,
+    UnsupportedVersionError,
+)
+from .registry import register_op, registered_ops
+from .tape import Record, Tape, record
+
+__version__ = "0.1.0"
+
+del _ops
+
+__all__ = [
+    "Config",
+    "Function",
+    "GuardError",
+    "Parameter",
+    "Record",
+    "Tape",
+    "TapeCorruptError",
+    "TapeFormatError",
+    "TapeTruncatedError",
+    "UnknownOpError",
+    "UnsupportedVersionError",
+    "Variable",
+    "as_array",
+    "as_variable",
+    "no_grad",
+    "record",
+    "register_op",
+    "registered_ops",
+    "test_mode",
+    "using_config",
+]

@@ -1,0 +1,435 @@
+"""Variables, Functions, and backward as a reverse walk over recorded calls.
+
+Invariants:
+- Every Function call made with backprop enabled gets a sequence number from one global counter.
+  A call's inputs were all made by earlier calls, so visiting calls in decreasing sequence order is
+  a topological order: a call's gradient is propagated only after every use of its outputs has
+  contributed, on any DAG. No generation sort, no recursion.
+- Built-in ops implement ``vjp(gy, xs, y)`` that reads only its arguments and the op's plain-data
+  attributes. On a first-order backward it runs on raw ndarrays; with ``create_graph=True`` it runs on
+  Variables, so the backward computation is itself recorded (and differentiable again). A user
+  Function written DeZero's way (``backward(*gys)`` reading ``self.inputs``) works too.
+- Graph links: a Variable points to its creator, a Function to its inputs; outputs are weak
+  references, so a graph nothing refers to is freed by reference counting alone.
+- The core never imports the ops: operators on Variable reach them through the registry by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import weakref
+from typing import Any
+
+import numpy as np
+
+from .config import _state
+from .registry import _OPS
+
+_counter = itertools.count(1)
+_wref = weakref.ref
+
+
+class Variable:
+    """A value in a computation, with its gradient and (when made by a Function) its creator."""
+
+    __slots__ = ("data", "name", "grad", "creator", "generation", "_tt", "_ti", "__weakref__")
+    __array_priority__ = 200
+
+    def __init__(self, data: np.ndarray | None, name: str | None = None):
+        if data is not None and not isinstance(data, np.ndarray):
+            raise TypeError(
+                f"{type(data)} is not supported: Variable data must be a numpy.ndarray or None "
+                f"(wrap Python numbers with np.array(...))"
+            )
+        self.data = data
+        self.name = name
+        self.grad = None
+        self.creator = None
+        self.generation = 0
+        self._tt = 0  # serial of the tape that indexes this value in _ti (0: none)
+        self._ti = 0
+
+    # -- array-like attributes -------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        if self.data is None:
+            return "variable(None)"
+        p = str(self.data).replace("\n", "\n" + " " * 9)
+        return "variable(" + p + ")"
+
+    def __bool__(self) -> bool:
+        st = _state.get()
+        if st.tapes and st.enable_backprop:
+            # An `if` on a value: recorded as a branch guard so a replay can tell when it would
+            # have taken the other path.
+            return bool(_OPS["guard"]()(self).data)
+        return bool(self.data)
+
+    # -- graph -----------------------------------------------------------------------------
+    def set_creator(self, func: "Function") -> None:
+        self.creator = func
+        self.generation = func.generation + 1
+
+    def unchain(self) -> None:
+        self.creator = None
+
+    def cleargrad(self) -> None:
+        self.grad = None
+
+    def unchain_backward(self) -> None:
+        if self.creator is None:
+            return
+        funcs = [self.creator]
+        while funcs:
+            f = funcs.pop()
+            for x in f.inputs:
+                if x.creator is not None:
+                    funcs.append(x.creator)
+                    x.unchain()
+
+    def backward(self, retain_grad: bool = False, create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (seeded by ``self.grad`` or ones)."""
+        _backward(self, retain_grad, create_graph)
+
+    # -- methods that are ops ----------------------------------------------------------------
+    def reshape(self, *shape: Any) -> "Variable":
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        shape = tuple(shape)
+        if shape == self.shape:
+            return self
+        return _OPS["reshape"](shape)(self)
+
+    def transpose(self, *axes: Any) -> "Variable":
+        if len(axes) == 0:
+            axes = None
+        elif len(axes) == 1 and (isinstance(axes[0], (tuple, list)) or axes[0] is None):
+            axes = axes[0]
+        return _OPS["transpose"](None if axes is None else tuple(axes))(self)
+
+    @property
+    def T(self) -> "Variable":
+        return _OPS["transpose"](None)(self)
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> "Variable":
+        return _OPS["sum"](axis, keepdims)(self)
+
+    def __getitem__(self, index: Any) -> "Variable":
+        return _OPS["get_item"].of(self, index)
+
+    # -- operators -------------------------------------------------------------------------
+    def __add__(self, other):
+        return _OPS["add"]()(self, other)
+
+    def __radd__(self, other):
+        return _OPS["add"]()(other, self)
+
+    def __sub__(self, other):
+        return _OPS["sub"]()(self, other)
+
+    def __rsub__(self, other):
+        return _OPS["sub"]()(other, self)
+
+    def __mul__(self, other):
+        return _OPS["mul"]()(self, other)
+
+    def __rmul__(self, other):
+        return _OPS["mul"]()(other, self)
+
+    def __truediv__(self, other):
+        return _OPS["div"]()(self, other)
+
+    def __rtruediv__(self, other):
+        return _OPS["div"]()(other, self)
+
+    def __neg__(self):
+        return _OPS["neg"]()(self)
+
+    def __pow__(self, c):
+        if isinstance(c, Variable):
+            raise TypeError("x ** c takes a constant exponent c (a Python or NumPy number)")
+        return _OPS["pow"](c)(self)
+
+    def __matmul__(self, other):
+        return _OPS["matmul"]()(self, other)
+
+    def __rmatmul__(self, other):
+        return _OPS["matmul"]()(other, self)
+
+    def __lt__(self, other):
+        return _OPS["less"]()(self, other)
+
+    def __le__(self, other):
+        return _OPS["less_equal"]()(self, other)
+
+    def __gt__(self, other):
+        return _OPS["greater"]()(self, other)
+
+    def __ge__(self, other):
+        return _OPS["greater_equal"]()(self, other)
+
+    __hash__ = object.__hash__
+
+
+class Parameter(Variable):
+    """A Variable that holds a trainable parameter (as in DeZero)."""
+
+    __slots__ = ()
+
+
+class Constant(Variable):
+    """A Python number or ndarray turned into a Variable on the way into a Function.
+
+    Constants are stored on a tape but are not its inputs, and receive no gradient.
+    """
+
+    __slots__ = ()
+
+
+class _ScalarConstant(Constant):
+    """A Constant made from a Python number: its array is fresh, so a tape need not copy it."""
+
+    __slots__ = ()
+
+
+def as_array(x: Any, array_module: Any = np) -> np.ndarray:
+    """A NumPy scalar or Python number as a 0-d array; anything else unchanged (as DeZero)."""
+    if np.isscalar(x):
+        return array_module.array(x)
+    return x
+
+
+def as_variable(obj: Any) -> Variable:
+    """``obj`` if it is a Variable, else a Variable around it."""
+    if isinstance(obj, Variable):
+        return obj
+    return Variable(obj)
+
+
+def _scalar_array(x: Any, ref: np.dtype | None) -> np.ndarray:
+    """A Python number as an array that does not upcast ``ref`` (float32 stays float32)."""
+    if ref is None or isinstance(x, np.generic):
+        return np.asarray(x)
+    if ref.kind in "fc" and isinstance(x, (int, float)) and not isinstance(x, bool):
+        return np.asarray(x, dtype=ref)
+    return np.asarray(x, dtype=np.result_type(ref, x))
+
+
+def _to_inputs(inputs: tuple) -> list[Variable]:
+    """Turn a call's arguments into Variables; numbers take the dtype of the array arguments."""
+    vs: list[Any] = []
+    ref = None
+    scalars = False
+    for x in inputs:
+        if isinstance(x, Variable):
+            if ref is None and x.data is not None:
+                ref = x.data.dtype
+        elif isinstance(x, np.ndarray):
+            if ref is None:
+                ref = x.dtype
+            x = Constant(x)
+        elif isinstance(x, (int, float, complex, bool, np.generic)):
+            scalars = True
+        else:
+            raise TypeError(
+                f"cannot use a {type(x).__name__} as an input of a Function; "
+                f"expected a Variable, a numpy.ndarray or a number"
+            )
+        vs.append(x)
+    if scalars:
+        vs = [x if isinstance(x, Variable) else _ScalarConstant(_scalar_array(x, ref)) for x in vs]
+    return vs
+
+
+class Function:
+    """A differentiable operation. Subclass it and write ``forward`` and ``backward``.
+
+    ``forward(*xs)`` takes ndarrays and returns an ndarray or a tuple of them; ``backward(*gys)``
+    takes the gradients of the outputs as Variables and returns one per input (DeZero's protocol).
+    Built-in ops implement ``vjp`` instead (see ``tapegrad.ops``).
+    """
+
+    op: str | None = None  # registered op name (set by register_op)
+    _registered = False
+    inputs: Any = None
+    outputs: Any = None
+    generation = 0
+    _seq = 0
+    _ometa: Any = None
+
+    def __call__(self, *inputs: Any):
+        st = _state.get()
+        node = self
+        if self._seq:
+            # A second call of the same instance: it gets a record of its own, so the first
+            # call's backward keeps seeing the first call's inputs and state.
+            node = copy.copy(self)
+        vs = _to_inputs(inputs)
+        try:
+            ys = node.forward(*[x.data for x in vs])
+        except ValueError as e:
+            raise ValueError(
+                f"{node._opname()}: cannot apply to inputs of shapes "
+                f"{', '.join(str(x.shape) for x in vs)}: {e}"
+            ) from None
+        if type(ys) is not tuple:
+            ys = (ys,)
+        outputs = [Variable(y if type(y) is np.ndarray else np.asarray(y)) for y in ys]
+
+        if st.enable_backprop:
+            gen = 0
+            for x in vs:
+                if x.generation > gen:
+                    gen = x.generation
+            node.generation = gen
+            node._seq = next(_counter)
+            node.inputs = vs
+            node.outputs = [_wref(y) for y in outputs]
+            gen += 1
+            for y in outputs:
+                y.creator = node
+                y.generation = gen
+            if len(outputs) > 1:
+                node._ometa = [(y.data.shape, y.data.dtype) for y in outputs]
+            if node is not self:
+                self.inputs, self.outputs, self.generation = vs, node.outputs, node.generation
+            if st.tapes:
+                for t in st.tapes:
+                    t._record(node, vs, outputs)
+
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def forward(self, *xs: np.ndarray):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, *gys: Variable):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    # vjp(gy, xs, y) -> tuple of gx: defined by built-in ops; None here means "use backward".
+    vjp = None
+    needs_y = True  # does vjp read the output value?
+
+    def _opname(self) -> str:
+        return self.op or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} op={self._opname()!r}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _wrap(g: Any) -> Variable:
+    """A gradient as a Variable (NumPy turns 0-d results into scalars: make them arrays again)."""
+    if isinstance(g, Variable):
+        return g
+    return Variable(g if type(g) is np.ndarray else np.asarray(g))
+
+
+def _call_backward(f: Function, gys: list, create_graph: bool) -> tuple:
+    """Run a DeZero-style ``backward(*gys)`` and return one gradient per input (or None)."""
+    gxs = f.backward(*[_wrap(g) for g in gys])
+    if not isinstance(gxs, (tuple, list)):
+        gxs = (gxs,)
+    if len(gxs) != len(f.inputs):
+        raise ValueError(
+            f"{f._opname()}.backward returned {len(gxs)} gradients for {len(f.inputs)} inputs"
+        )
+    out = []
+    for x, gx in zip(f.inputs, gxs):
+        if gx is not None:
+            if not create_graph and isinstance(gx, Variable):
+                gx = gx.data
+            elif create_graph:
+                gx = _wrap(gx)
+            if gx.shape != x.shape:
+                raise ValueError(
+                    f"{f._opname()}.backward returned a gradient of shape {gx.shape} "
+                    f"for an input of shape {x.shape}"
+                )
+        out.append(gx)
+    return tuple(out)
+
+
+def _zeros_for(f: Function, i: int, create_graph: bool):
+    shape, dtype = f._ometa[i]
+    z = np.zeros(shape, dtype)
+    return Variable(z) if create_graph else z
+
+
+def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
+    if root.grad is None:
+        seed = np.ones_like(root.data)
+        seed = Variable(seed) if create_graph else seed
+    else:
+        seed = root.grad if create_graph else root.grad.data
+    if root.creator is None:
+        root.grad = _wrap(seed)
+        return
+
+    st = _state.get()
+    token = _state.set(st.replace(enable_backprop=create_graph))
+    try:
+        grads: dict[int, Any] = {id(root): seed}
+        leaves: dict[int, Variable] = {}
+        heap = [(-root.creator._seq, root.creator)]
+        queued = {id(root.creator)}
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            f = pop(heap)[1]
+            outs = [r() for r in f.outputs]
+            gys = []
+            for i, y in enumerate(outs):
+                g = None if y is None else grads.pop(id(y), None)
+                if g is None:
+                    g = _zeros_for(f, i, create_graph)
+                elif retain_grad:
+                    y.grad = _wrap(g)
+                gys.append(g)
+            if f.vjp is None:
+                gxs = _call_backward(f, gys, create_graph)
+            elif create_graph:
+                gxs = f.vjp(gys[0], f.inputs, outs[0] if f.needs_y else None)
+            else:
+                gxs = f.vjp(gys[0], [x.data for x in f.inputs], outs[0].data if f.needs_y else None)
+            for x, gx in zip(f.inputs, gxs):
+                if gx is None or isinstance(x, Constant):
+                    continue
+                k = id(x)
+                prev = grads.get(k)
+                grads[k] = gx if prev is None else prev + gx
+                c = x.creator
+                if c is None:
+                    leaves[k] = x
+                elif id(c) not in queued:
+                    queued.add(id(c))
+                    push(heap, (-c._seq, c))
+        if not retain_grad:
+            root.grad = None
+        for k, x in leaves.items():
+            g = _wrap(grads[k])
+            x.grad = g if x.grad is None else x.grad + g
+    finally:
+        _state.reset(token)

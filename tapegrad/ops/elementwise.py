@@ -1,0 +1,295 @@
+"""Elementwise ops: arithmetic, unary math, activations, masks.
+
+Binary ops broadcast like NumPy; their rules sum each gradient back to its input's shape.
+Masks in rules (relu, clip, ...) are taken from the input *values*, so with create_graph they are
+constants of the backward graph, as in DeZero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import register_op
+from .base import Op, value, xp
+
+
+def _to_shapes(gx0, gx1, xs):
+    return xp.sum_to(gx0, xs[0].shape), xp.sum_to(gx1, xs[1].shape)
+
+
+@register_op("add")
+class Add(Op):
+    def forward(self, x0, x1):
+        return x0 + x1
+
+    def vjp(self, gy, xs, y):
+        """d(x0 + x1) = (gy, gy)"""
+        return _to_shapes(gy, gy, xs)
+
+
+@register_op("sub")
+class Sub(Op):
+    def forward(self, x0, x1):
+        return x0 - x1
+
+    def vjp(self, gy, xs, y):
+        """d(x0 - x1) = (gy, -gy)"""
+        return _to_shapes(gy, -gy, xs)
+
+
+@register_op("mul")
+class Mul(Op):
+    def forward(self, x0, x1):
+        return x0 * x1
+
+    def vjp(self, gy, xs, y):
+        """d(x0 * x1) = (gy * x1, gy * x0)"""
+        x0, x1 = xs
+        return _to_shapes(gy * x1, gy * x0, xs)
+
+
+@register_op("div")
+class Div(Op):
+    def forward(self, x0, x1):
+        return x0 / x1
+
+    def vjp(self, gy, xs, y):
+        """d(x0 / x1) = (gy / x1, -gy * x0 / x1**2)"""
+        x0, x1 = xs
+        return _to_shapes(gy / x1, gy * (-x0 / x1**2), xs)
+
+
+@register_op("neg")
+class Neg(Op):
+    def forward(self, x):
+        return -x
+
+    def vjp(self, gy, xs, y):
+        """d(-x) = -gy"""
+        return (-gy,)
+
+
+@register_op("pow")
+class Pow(Op):
+    attr_names = ("c",)
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return x**self.c
+
+    def vjp(self, gy, xs, y):
+        """d(x**c) = c * x**(c-1) * gy"""
+        (x,) = xs
+        c = self.c
+        return (c * x ** (c - 1) * gy,)
+
+
+@register_op("square")
+class Square(Op):
+    def forward(self, x):
+        return x**2
+
+    def vjp(self, gy, xs, y):
+        """d(x**2) = 2 * x * gy"""
+        return (2 * xs[0] * gy,)
+
+
+@register_op("sqrt")
+class Sqrt(Op):
+    needs_y = True
+
+    def forward(self, x):
+        return np.sqrt(x)
+
+    def vjp(self, gy, xs, y):
+        """d sqrt(x) = gy / (2 * y)"""
+        return (gy / (2 * y),)
+
+
+@register_op("exp")
+class Exp(Op):
+    needs_y = True
+
+    def forward(self, x):
+        return np.exp(x)
+
+    def vjp(self, gy, xs, y):
+        """d exp(x) = gy * y"""
+        return (gy * y,)
+
+
+@register_op("log")
+class Log(Op):
+    def forward(self, x):
+        return np.log(x)
+
+    def vjp(self, gy, xs, y):
+        """d log(x) = gy / x"""
+        return (gy / xs[0],)
+
+
+@register_op("sin")
+class Sin(Op):
+    def forward(self, x):
+        return np.sin(x)
+
+    def vjp(self, gy, xs, y):
+        """d sin(x) = gy * cos(x)"""
+        return (gy * xp.cos(xs[0]),)
+
+
+@register_op("cos")
+class Cos(Op):
+    def forward(self, x):
+        return np.cos(x)
+
+    def vjp(self, gy, xs, y):
+        """d cos(x) = -gy * sin(x)"""
+        return (gy * -xp.sin(xs[0]),)
+
+
+@register_op("tanh")
+class Tanh(Op):
+    needs_y = True
+
+    def forward(self, x):
+        return np.tanh(x)
+
+    def vjp(self, gy, xs, y):
+        """d tanh(x) = gy * (1 - y**2)"""
+        return (gy * (1 - y * y),)
+
+
+@register_op("abs")
+class Abs(Op):
+    def forward(self, x):
+        return np.abs(x)
+
+    def vjp(self, gy, xs, y):
+        """d |x| = gy * sign(x)  (0 at 0)"""
+        x = value(xs[0])
+        return (gy * np.sign(x),)
+
+
+@register_op("sigmoid")
+class Sigmoid(Op):
+    needs_y = True
+
+    def forward(self, x):
+        return np.tanh(x * 0.5) * 0.5 + 0.5  # DeZero's form: stable for large |x|
+
+    def vjp(self, gy, xs, y):
+        """d sigmoid(x) = gy * y * (1 - y)"""
+        return (gy * y * (1 - y),)
+
+
+@register_op("relu")
+class ReLU(Op):
+    def forward(self, x):
+        return np.maximum(x, 0.0)
+
+    def vjp(self, gy, xs, y):
+        """d relu(x) = gy * (x > 0)"""
+        return (gy * (value(xs[0]) > 0),)
+
+
+@register_op("leaky_relu")
+class LeakyReLU(Op):
+    attr_names = ("slope",)
+
+    def __init__(self, slope=0.2):
+        self.slope = slope
+
+    def forward(self, x):
+        y = x.copy()
+        y[x <= 0] *= self.slope
+        return y
+
+    def vjp(self, gy, xs, y):
+        """d leaky_relu(x) = gy * (1 if x > 0 else slope)"""
+        x = value(xs[0])
+        mask = (x > 0).astype(x.dtype)
+        mask[mask <= 0] = self.slope
+        return (gy * mask,)
+
+
+@register_op("clip")
+class Clip(Op):
+    attr_names = ("x_min", "x_max")
+
+    def __init__(self, x_min, x_max):
+        self.x_min = x_min
+        self.x_max = x_max
+
+    def forward(self, x):
+        return np.clip(x, self.x_min, self.x_max)
+
+    def vjp(self, gy, xs, y):
+        """d clip(x) = gy where x_min <= x <= x_max, else 0"""
+        x = value(xs[0])
+        return (gy * ((x >= self.x_min) & (x <= self.x_max)),)
+
+
+def _tie_split(x0, x1, dtype):
+    """Weights of x0 in max(x0, x1): 1 where larger, 1/2 on ties (as JAX and PyTorch)."""
+    return (x0 > x1).astype(dtype) + (x0 == x1).astype(dtype) * 0.5
+
+
+@register_op("maximum")
+class Maximum(Op):
+    def forward(self, x0, x1):
+        return np.maximum(x0, x1)
+
+    def vjp(self, gy, xs, y):
+        """d max(x0, x1): gy to the larger input, split evenly on ties"""
+        x0, x1 = value(xs[0]), value(xs[1])
+        w = _tie_split(x0, x1, value(gy).dtype)
+        return _to_shapes(gy * w, gy * (1 - w), xs)
+
+
+@register_op("minimum")
+class Minimum(Op):
+    def forward(self, x0, x1):
+        return np.minimum(x0, x1)
+
+    def vjp(self, gy, xs, y):
+        """d min(x0, x1): gy to the smaller input, split evenly on ties"""
+        x0, x1 = value(xs[0]), value(xs[1])
+        w = _tie_split(x1, x0, value(gy).dtype)
+        return _to_shapes(gy * w, gy * (1 - w), xs)
+
+
+@register_op("where")
+class Where(Op):
+    def forward(self, cond, x0, x1):
+        return np.where(cond, x0, x1)
+
+    def vjp(self, gy, xs, y):
+        """d where(c, x0, x1) = (None, gy where c, gy where not c)"""
+        cond = value(xs[0])
+        zero = np.zeros((), value(gy).dtype)
+        g0 = xp.sum_to(xp.where(cond, gy, zero), xs[1].shape)
+        g1 = xp.sum_to(xp.where(cond, zero, gy), xs[2].shape)
+        return None, g0, g1
+
+
+@register_op("dropout")
+class Dropout(Op):
+    """y = x * mask / (1 - ratio); the mask is an input so a replay reuses the recorded draw."""
+
+    attr_names = ("ratio",)
+
+    def __init__(self, ratio=0.5):
+        self.ratio = ratio
+
+    def forward(self, x, mask):
+        scale = np.array(1.0 - self.ratio).astype(x.dtype)
+        return x * mask / scale
+
+    def vjp(self, gy, xs, y):
+        """d dropout(x) = gy * mask / (1 - ratio)"""
+        x, mask = xs
+        scale = np.array(1.0 - self.ratio).astype(value(x).dtype)
+        return gy * value(mask) / scale, None

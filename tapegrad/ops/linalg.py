@@ -1,0 +1,52 @@
+"""Matrix products: matmul (also ``@``) and linear (x @ W + b)."""
+
+from __future__ import annotations
+
+from ..registry import register_op
+from .base import Op, xp
+
+
+def _matmul_vjp(gy, a, b):
+    """Gradients of a @ b, with NumPy's promotion of 1-D operands and broadcast batch dims."""
+    if a.ndim == 1 and b.ndim == 1:
+        return gy * b, gy * a
+    if a.ndim == 1:  # (n,) @ (..., n, m): a acts as (1, n), y loses that axis
+        a2, g2 = xp.reshape(a, (1,) + a.shape), xp.reshape(gy, gy.shape[:-1] + (1, gy.shape[-1]))
+        b2 = b
+    elif b.ndim == 1:  # (..., k, n) @ (n,): b acts as (n, 1)
+        a2, b2, g2 = a, xp.reshape(b, b.shape + (1,)), xp.reshape(gy, gy.shape + (1,))
+    else:
+        a2, b2, g2 = a, b, gy
+    ga = xp.sum_to(xp.matmul(g2, xp.swap_last(b2)), a2.shape)
+    gb = xp.sum_to(xp.matmul(xp.swap_last(a2), g2), b2.shape)
+    return xp.reshape(ga, a.shape), xp.reshape(gb, b.shape)
+
+
+@register_op("matmul")
+class MatMul(Op):
+    def forward(self, a, b):
+        return a @ b
+
+    def vjp(self, gy, xs, y):
+        """d (a @ b) = (gy @ b.T, a.T @ gy)"""
+        return _matmul_vjp(gy, xs[0], xs[1])
+
+
+@register_op("linear")
+class Linear(Op):
+    """y = x @ W (+ b); two or three inputs."""
+
+    def forward(self, x, W, b=None):
+        y = x.dot(W)
+        if b is not None:
+            y += b
+        return y
+
+    def vjp(self, gy, xs, y):
+        """d (x @ W + b) = (gy @ W.T, x.T @ gy, sum_to(gy, b.shape))"""
+        x, W = xs[0], xs[1]
+        gx = xp.matmul(gy, xp.transpose(W))
+        gW = xp.matmul(xp.transpose(x), gy)
+        if len(xs) == 2:
+            return gx, gW
+        return gx, gW, xp.sum_to(gy, xs[2].shape)

@@ -1,0 +1,396 @@
+"""The tape: every Function call made inside ``with record():``, in call order.
+
+A tape is a table of values and a list of records. Values are numbered in order of first
+appearance; each is an *input* (a leaf Variable the user made, or a value made before recording
+started), a *const* (a number or ndarray turned into a Variable on the way into an op) or an *op*
+output. A record names its op, its plain-data attributes and its input and output value numbers.
+
+Invariants:
+- Records are in call order, which is a topological order: offline backward walks them in reverse.
+- A value is stored as it was when recorded. Inputs and consts are copied at first use (a training
+  loop that updates a parameter in place must not change the tape); op outputs are fresh arrays
+  that no op writes to, so they are kept without copying.
+- The per-call cost is a few list appends: names, attributes and listings are derived lazily.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from .config import _state
+from .core import Constant, Variable, _ScalarConstant
+
+_serials = itertools.count(1)
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+INPUT, CONST, OP = "input", "const", "op"
+
+
+class Record:
+    """One recorded call: ``op`` name, ``attrs`` (plain data), ``inputs``/``outputs`` (value names)."""
+
+    __slots__ = ("op", "attrs", "inputs", "outputs", "source")
+
+    def __init__(self, op, attrs, inputs, outputs, source=None):
+        self.op = op
+        self.attrs = attrs
+        self.inputs = inputs
+        self.outputs = outputs
+        self.source = source
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(op={self.op!r}, attrs={self.attrs!r}, inputs={self.inputs!r}, "
+            f"outputs={self.outputs!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.op, self.attrs, self.inputs, self.outputs) == (
+            other.op,
+            other.attrs,
+            other.inputs,
+            other.outputs,
+        )
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Attribute values as plain data: numbers, strings, None, and tuples/dicts of those."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v, where) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, where) for k, v in value.items()}
+    if isinstance(value, np.dtype):
+        return value.str
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; op attributes must be plain data "
+        f"(numbers, strings, None, tuples, dicts). Pass arrays to the op as inputs instead"
+    )
+
+
+_FUNCTION_STATE = {"inputs", "outputs", "generation"}
+
+
+def function_attrs(fn: Any) -> dict[str, Any]:
+    """The plain-data attributes of a recorded Function, as saved with its record."""
+    attrs = getattr(fn, "attrs", None)
+    if callable(attrs):
+        raw = attrs()
+    else:  # a user Function: its instance attributes, minus graph links and private state
+        raw = {
+            k: v for k, v in vars(fn).items() if k not in _FUNCTION_STATE and not k.startswith("_")
+        }
+    op = fn._opname()
+    return {k: _plain(v, f"attribute {k!r} of op {op!r}") for k, v in raw.items()}
+
+
+def function_opname(fn: Any) -> str:
+    if fn.op is not None and type(fn)._registered:
+        return fn.op
+    cls = type(fn)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Tape:
+    """A recorded computation: values, records, and what can be done with them."""
+
+    def __init__(self, *, source: bool = False, meta: dict | None = None):
+        self._serial = next(_serials)
+        self._values: list[Any] = []  # ndarray, or None while it lives only in the file
+        self._names: list[str | None] = []  # None: a generated name "%<index>"
+        self._kinds: list[str] = []
+        self._entries: list[
+            tuple
+        ] = []  # (fn, ins, outs, source) or (None, op, attrs, ins, outs, source)
+        self._ids: dict[int, int] = {}  # id(var) -> index, for vars whose slot names another tape
+        self._pins: list[Variable] = []  # keeps those ids unique
+        self._taken: set[str] = set()
+        self._source = source
+        self._file: Any = None  # a fileformat.TapeFile when loaded
+        self._writer: Any = None  # a fileformat.TapeWriter when streaming
+        self._complete = True
+        self._view: tuple | None = None  # cached derived data: (n_entries, records, index)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.grads: dict[str, np.ndarray] = {}
+
+    # -- recording (hot path) ----------------------------------------------------------------
+    def _record(self, fn: Any, inputs: list[Variable], outputs: list[Variable]) -> None:
+        serial = self._serial
+        ins = []
+        for x in inputs:
+            if x._tt == serial:
+                ins.append(x._ti)
+            else:
+                i = self._ids.get(id(x))
+                ins.append(self._add_external(x) if i is None else i)
+        n = len(self._values)
+        values, names, kinds = self._values, self._names, self._kinds
+        for y in outputs:
+            self._index(y, len(values))
+            values.append(y.data)
+            names.append(None)
+            kinds.append(OP)
+        outs = tuple(range(n, len(values)))
+        src = _caller() if self._source else None
+        self._entries.append((fn, tuple(ins), outs, src))
+        if self._writer is not None:
+            self._stream(len(self._entries) - 1, n)
+
+    def _index(self, x: Variable, i: int) -> None:
+        if x._tt == 0:
+            x._tt, x._ti = self._serial, i
+        else:
+            self._ids[id(x)] = i
+            self._pins.append(x)
+
+    def _add_external(self, x: Variable) -> int:
+        """A value made outside this tape: an input (leaf) or a constant. Copied at first use."""
+        i = len(self._values)
+        self._index(x, i)
+        kind = CONST if isinstance(x, Constant) else INPUT
+        data = x.data if isinstance(x, _ScalarConstant) else np.array(x.data, copy=True)
+        name = None
+        if kind == INPUT and x.name is not None:
+            nm = str(x.name)
+            if nm not in self._taken and not nm.startswith("%"):
+                name = nm
+                self._taken.add(nm)
+        self._values.append(data)
+        self._names.append(name)
+        self._kinds.append(kind)
+        return i
+
+    # -- values ------------------------------------------------------------------------------
+    def name_of(self, i: int) -> str:
+        """The name of value number ``i``."""
+        n = self._names[i]
+        return n if n is not None else f"%{i}"
+
+    def _value(self, i: int) -> np.ndarray:
+        a = self._values[i]
+        if a is None:
+            if self._file is None:
+                raise KeyError(f"value {self.name_of(i)!r} was not saved with this tape")
+            a = self._file.array(i)
+            self._values[i] = a
+        return a
+
+    def _has_value(self, i: int) -> bool:
+        return self._values[i] is not None or (self._file is not None and self._file.has_array(i))
+
+    def _shape_dtype(self, i: int) -> tuple[tuple[int, ...], np.dtype]:
+        a = self._values[i]
+        if a is not None:
+            return a.shape, a.dtype
+        info = self._file.values[i]
+        return tuple(info.shape), np.dtype(info.dtype)
+
+    def _index_of(self, name: str) -> int:
+        index = self._derived()[2]
+        try:
+            return index[name]
+        except KeyError:
+            raise KeyError(
+                f"no value named {name!r} on this tape; inputs are {self.inputs}, "
+                f"outputs are {self.outputs}"
+            ) from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The value named ``name``, bit for bit as recorded (a read-only array)."""
+        a = self._value(self._index_of(name))
+        if a.flags.writeable:
+            a = a.view()
+            a.flags.writeable = False
+        return a
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._derived()[2]
+
+    @property
+    def value_names(self) -> list[str]:
+        return [self.name_of(i) for i in range(len(self._names))]
+
+    # -- records -----------------------------------------------------------------------------
+    def _entry(self, k: int) -> tuple[Any, str, dict, tuple, tuple, Any]:
+        """(fn or None, op, attrs, input indices, output indices, source) of record ``k``."""
+        e = self._entries[k]
+        if len(e) == 4:
+            fn, ins, outs, src = e
+            return fn, function_opname(fn), function_attrs(fn), ins, outs, src
+        return e
+
+    def _derived(self) -> tuple:
+        n = len(self._entries)
+        nv = len(self._names)
+        if self._view is None or self._view[0] != (n, nv):
+            records = []
+            for k in range(n):
+                _, op, attrs, ins, outs, src = self._entry(k)
+                records.append(
+                    Record(
+                        op,
+                        attrs,
+                        tuple(self.name_of(i) for i in ins),
+                        tuple(self.name_of(i) for i in outs),
+                        src,
+                    )
+                )
+            index = {self.name_of(i): i for i in range(nv)}
+            self._view = ((n, nv), records, index)
+        return self._view
+
+    @property
+    def records(self) -> list[Record]:
+        return list(self._derived()[1])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    @property
+    def inputs(self) -> list[str]:
+        """Names of the leaf values the user made, in first-use order."""
+        return [self.name_of(i) for i, k in enumerate(self._kinds) if k == INPUT]
+
+    @property
+    def constants(self) -> list[str]:
+        return [self.name_of(i) for i, k in enumerate(self._kinds) if k == CONST]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the floating-point op outputs that no record consumes."""
+        used = set()
+        for e in self._entries:
+            used.update(e[-3])
+        out = []
+        for i, k in enumerate(self._kinds):
+            if k == OP and i not in used and self._shape_dtype(i)[1].kind in "fc":
+                out.append(self.name_of(i))
+        return out
+
+    @property
+    def complete(self) -> bool:
+        """False for a tape recovered from a file cut short."""
+        return self._complete
+
+    # -- listing -----------------------------------------------------------------------------
+    def _fmt_value(self, i: int) -> str:
+        shape, dtype = self._shape_dtype(i)
+        return f"{self.name_of(i)}:{_short_dtype(dtype)}[{','.join(map(str, shape))}]"
+
+    def __str__(self) -> str:
+        lines = [
+            f"tape: {len(self._entries)} records, inputs ({', '.join(self._fmt_value(i) for i, k in enumerate(self._kinds) if k == INPUT)})"
+        ]
+        width = len(str(max(len(self._entries) - 1, 0)))
+        for k in range(len(self._entries)):
+            lines.append(self.format_record(k, width))
+        outs = self.outputs
+        lines.append(f"outputs ({', '.join(self._fmt_value(self._index_of(n)) for n in outs)})")
+        return "\n".join(lines)
+
+    def format_record(self, k: int, width: int = 0) -> str:
+        """Record ``k`` as one line: ``k  outs = op(ins) attrs``."""
+        _, op, attrs, ins, outs, src = self._entry(k)
+        args = ", ".join(self._fmt_value(i) for i in ins)
+        res = ", ".join(self._fmt_value(i) for i in outs)
+        at = "".join(f" {a}={_fmt_attr(v)}" for a, v in attrs.items())
+        where = f"  # {os.path.basename(src[0])}:{src[1]}" if src else ""
+        return f"{k:>{width}}  {res} = {op}({args}){at}{where}"
+
+    def __repr__(self) -> str:
+        state = "" if self._complete else ", recovered"
+        return (
+            f"<Tape {len(self._entries)} records, inputs={self.inputs}, "
+            f"outputs={self.outputs}{state}>"
+        )
+
+    # -- offline computation -------------------------------------------------------------------
+    def backward(self, of: str | None = None, grad: Any = None) -> dict[str, np.ndarray]:
+        """Gradients of every input, replayed from the tape alone (see ``tapegrad.interpret``)."""
+        from .interpret import backward
+
+        return backward(self, of, grad)
+
+    def replay(self, inputs: dict[str, Any], strict: bool = True) -> "Tape":
+        """Re-run every record with new input values; returns the new tape."""
+        from .interpret import replay
+
+        return replay(self, inputs, strict=strict)
+
+    # -- the with-block --------------------------------------------------------------------------
+    def _close(self) -> None:
+        self._pins.clear()
+        self._ids.clear()
+
+
+_DTYPE_SHORT = {"f": "f", "i": "i", "u": "u", "c": "c", "b": "bool"}
+
+
+def _short_dtype(dt: np.dtype) -> str:
+    if dt.kind == "b":
+        return "bool"
+    return f"{_DTYPE_SHORT.get(dt.kind, dt.kind)}{dt.itemsize * 8}"
+
+
+def _fmt_attr(v: Any) -> str:
+    if isinstance(v, tuple) and v and isinstance(v[0], tuple):  # an encoded index
+        return "[" + ", ".join(_fmt_index_part(p) for p in v) + "]"
+    return repr(v)
+
+
+def _fmt_index_part(p: tuple) -> str:
+    kind = p[0]
+    if kind == "int":
+        return str(p[1])
+    if kind == "slice":
+        s = ":".join("" if v is None else str(v) for v in p[1:3])
+        return s + (f":{p[3]}" if p[3] is not None else "")
+    if kind == "array":
+        return f"<array {p[1]}>"
+    return {"none": "None", "ellipsis": "..."}.get(kind, repr(p))
+
+
+def _caller() -> tuple[str, int, str] | None:
+    """(file, line, function) of the first frame outside tapegrad."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+    if f is None:
+        return None
+    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
+
+
+@contextmanager
+def record(
+    path: str | os.PathLike | None = None, *, source: bool = False, meta: dict | None = None
+):
+    """Record every Function call made in the block onto a new Tape (and every enclosing one).
+
+    With ``path``, each record is also streamed to that file as it happens; the file holds every
+    record completed before a crash, and gets its footer when the block exits, even by an
+    exception. ``source=True`` stores, per record, the file, line and function of the caller.
+    """
+    tape = Tape(source=source, meta=meta)
+    if path is not None:
+        tape._start_stream(path)
+    st = _state.get()
+    token = _state.set(st.replace(tapes=st.tapes + (tape,)))
+    try:
+        yield tape
+    finally:
+        _state.reset(token)
+        tape._close()

@@ -17,6 +17,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .registry import register_op, registered_ops
+from .analysis import diff
 from .tape import Record, Tape, record
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "UnsupportedVersionError",
     "Variable",
     "as_array",
+    "diff",
     "as_variable",
     "no_grad",
     "record",

@@ -57,8 +57,13 @@ def _resolve_output(tape: Tape, of: str | None) -> int:
     return tape._index_of(of)
 
 
-def backward(tape: Tape, of: str | None = None, grad: Any = None) -> dict[str, np.ndarray]:
-    """d(output ``of``)/d(input) for every input of ``tape``, with cotangent ``grad`` (default ones)."""
+def backward(
+    tape: Tape, of: str | None = None, grad: Any = None, visit: Any = None
+) -> dict[str, np.ndarray]:
+    """d(output ``of``)/d(input) for every input of ``tape``, with cotangent ``grad`` (default ones).
+
+    ``visit(k, gxs)``, when given, sees the input gradients each record ``k`` produced.
+    """
     o = _resolve_output(tape, of)
     y = tape._value(o)
     if grad is None:
@@ -88,6 +93,8 @@ def backward(tape: Tape, of: str | None = None, grad: Any = None) -> dict[str, n
             gxs = _user_vjp(f, gys, xs, [tape._value(i) for i in outs])
         else:
             gxs = f.vjp(gys[0], xs, tape._value(outs[0]) if f.needs_y else None)
+        if visit is not None:
+            visit(k, gxs)
         for i, gx in zip(ins, gxs):
             if gx is None or kinds[i] == CONST:
                 continue
@@ -102,6 +109,27 @@ def backward(tape: Tape, of: str | None = None, grad: Any = None) -> dict[str, n
                 g = np.zeros(shape, dtype)
             result[tape.name_of(i)] = np.asarray(g)
     return result
+
+
+def rebuild(tape: Tape, inputs: dict[str, Any] | None = None) -> dict[str, Variable]:
+    """Re-run the tape as a live graph of Variables (for higher-order derivatives).
+
+    Returns every value by name; inputs are fresh leaf Variables (with ``inputs`` replacing some).
+    """
+    given = inputs or {}
+    vs: list[Any] = [None] * len(tape._kinds)
+    for i, kind in enumerate(tape._kinds):
+        if kind != OP:
+            v = given.get(tape.name_of(i), tape._value(i)) if kind == INPUT else tape._value(i)
+            v = np.array(v.data if isinstance(v, Variable) else v, copy=True)
+            vs[i] = Variable(v, name=tape.name_of(i)) if kind == INPUT else v
+    for k in range(len(tape._entries)):
+        fn, op, attrs, ins, outs, _ = tape._entry(k)
+        f = _op_instance(None if fn is None else copy.copy(fn), op, attrs)
+        ys = f(*[vs[i] for i in ins])
+        for i, y in zip(outs, ys if isinstance(ys, list) else [ys]):
+            vs[i] = y
+    return {tape.name_of(i): v for i, v in enumerate(vs)}
 
 
 def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True) -> Tape:

@@ -331,6 +331,60 @@ class Tape:
 
         return replay(self, inputs, strict=strict)
 
+    # -- analysis (see tapegrad.analysis) ----------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Records, op histogram, inputs/outputs, bytes by dtype, completeness, provenance."""
+        from .analysis import summary
+
+        return summary(self)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per value: shape, dtype, min, max, mean, std, NaN and Inf counts."""
+        from .analysis import stats
+
+        return stats(self)
+
+    def find_nonfinite(self, of: str | None = None) -> dict[str, Any]:
+        """The first record producing NaN/Inf, forward and backward."""
+        from .analysis import find_nonfinite
+
+        return find_nonfinite(self, of)
+
+    def to_dot(self, verbose: bool = True) -> str:
+        """Graphviz DOT text of the tape."""
+        from .analysis import to_dot
+
+        return to_dot(self, verbose)
+
+    def gradcheck(self, of: str | None = None, **kwargs: Any):
+        """Replayed gradients vs central differences in random directions, per input."""
+        from .analysis import gradcheck
+
+        return gradcheck(self, of, **kwargs)
+
+    def vjp(self, of: str | None = None, grad: Any = None, wrt: Any = None):
+        """``grad`` times the Jacobian of ``of`` (all inputs, or those named by ``wrt``)."""
+        from .analysis import vjp
+
+        return vjp(self, of, grad, wrt)
+
+    def jacobian(self, of: str | None = None, wrt: str | None = None) -> np.ndarray:
+        """d(of)/d(wrt), of shape ``of.shape + wrt.shape``."""
+        from .analysis import jacobian
+
+        return jacobian(self, of, wrt)
+
+    def hvp(self, of: str | None = None, v: Any = None) -> dict[str, np.ndarray]:
+        """Hessian-vector product of a scalar output with ``v`` (dict input name -> array)."""
+        from .analysis import hvp
+
+        return hvp(self, of, v)
+
+    def _repr_html_(self) -> str:
+        from .analysis import repr_html
+
+        return repr_html(self)
+
     # -- the with-block --------------------------------------------------------------------------
     def _close(self) -> None:
         self._pins.clear()

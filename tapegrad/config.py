@@ -3,7 +3,7 @@
 DeZero keeps ``Config`` as a class with mutable class attributes; here the values live in one
 immutable ``_State`` per context so that threads never see each other's settings and asyncio tasks
 inherit the settings (and the active tapes) of the code that created them. ``using_config`` always
-restores the previous state in ``finally``.
+restores the previous value of its setting in ``finally`` (only that one, as DeZero does).
 
 The hot path reads ``_state.get()`` once per Function call: it holds both the config flags and the
 tuple of tapes that are recording.
@@ -65,11 +65,14 @@ def using_config(name: str, value: Any) -> Iterator[None]:
     """Set one setting of ``Config`` for the duration of a ``with`` block (in this context only)."""
     if name not in _FLAGS:
         raise AttributeError(f"Config has no setting {name!r}; settings are {', '.join(_FLAGS)}")
-    token = _state.set(_state.get().replace(**{name: value}))
+    old = getattr(_state.get(), name)
+    _state.set(_state.get().replace(**{name: value}))
     try:
         yield
     finally:
-        _state.reset(token)
+        # Restore this one setting only (as DeZero): a ``Config.x = ...`` made inside the block
+        # must survive it.
+        _state.set(_state.get().replace(**{name: old}))
 
 
 def no_grad() -> contextlib.AbstractContextManager[None]:

@@ -34,7 +34,17 @@ _wref = weakref.ref
 class Variable:
     """A value in a computation, with its gradient and (when made by a Function) its creator."""
 
-    __slots__ = ("data", "name", "grad", "creator", "generation", "_tt", "_ti", "__weakref__")
+    __slots__ = (
+        "_data",
+        "name",
+        "grad",
+        "creator",
+        "generation",
+        "_ver",
+        "_tt",
+        "_ti",
+        "__weakref__",
+    )
     __array_priority__ = 200
 
     def __init__(self, data: np.ndarray | None, name: str | None = None):
@@ -43,13 +53,26 @@ class Variable:
                 f"{type(data)} is not supported: Variable data must be a numpy.ndarray or None "
                 f"(wrap Python numbers with np.array(...))"
             )
-        self.data = data
+        self._data = data
         self.name = name
         self.grad = None
         self.creator = None
         self.generation = 0
+        self._ver = 0  # bumped by every assignment to .data (x.data -= ... included)
         self._tt = 0  # serial of the tape that indexes this value in _ti (0: none)
         self._ti = 0
+
+    @property
+    def data(self) -> np.ndarray | None:
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray | None) -> None:
+        # ``W.data -= lr * W.grad.data`` updates the array in place and then assigns it back: the
+        # assignment tells a recording tape that this value is no longer what it stored.
+        self._data = value
+        self._ver += 1
+        self._tt = 0
 
     # -- array-like attributes -------------------------------------------------------------
     @property
@@ -102,7 +125,7 @@ class Variable:
         funcs = [self.creator]
         while funcs:
             f = funcs.pop()
-            for x in f.inputs:
+            for x in f._ins:
                 if x.creator is not None:
                     funcs.append(x.creator)
                     x.unchain()
@@ -242,8 +265,8 @@ def _to_inputs(inputs: tuple) -> list[Variable]:
     scalars = False
     for x in inputs:
         if isinstance(x, Variable):
-            if ref is None and x.data is not None:
-                ref = x.data.dtype
+            if ref is None and x._data is not None:
+                ref = x._data.dtype
         elif isinstance(x, np.ndarray):
             if ref is None:
                 ref = x.dtype
@@ -276,6 +299,10 @@ class Function:
     generation = 0
     _seq = 0
     _ometa: Any = None
+    # This call's own graph links. ``inputs``/``outputs`` are the same lists, except on an instance
+    # called again: those then describe the latest call, while each record keeps its own here.
+    _ins: Any = None
+    _outs: Any = None
 
     def __call__(self, *inputs: Any):
         st = _state.get()
@@ -286,7 +313,7 @@ class Function:
             node = copy.copy(self)
         vs = _to_inputs(inputs)
         try:
-            ys = node.forward(*[x.data for x in vs])
+            ys = node.forward(*[x._data for x in vs])
         except ValueError as e:
             raise ValueError(
                 f"{node._opname()}: cannot apply to inputs of shapes "
@@ -303,14 +330,14 @@ class Function:
                     gen = x.generation
             node.generation = gen
             node._seq = next(_counter)
-            node.inputs = vs
-            node.outputs = [_wref(y) for y in outputs]
+            node._ins = node.inputs = vs
+            node._outs = node.outputs = [_wref(y) for y in outputs]
             gen += 1
             for y in outputs:
                 y.creator = node
                 y.generation = gen
             if len(outputs) > 1:
-                node._ometa = [(y.data.shape, y.data.dtype) for y in outputs]
+                node._ometa = [(y._data.shape, y._data.dtype) for y in outputs]
             if node is not self:
                 self.inputs, self.outputs, self.generation = vs, node.outputs, node.generation
             if st.tapes:
@@ -399,7 +426,7 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
         pop, push = heapq.heappop, heapq.heappush
         while heap:
             f = pop(heap)[1]
-            outs = [r() for r in f.outputs]
+            outs = [r() for r in f._outs]
             gys = []
             for i, y in enumerate(outs):
                 g = None if y is None else grads.pop(id(y), None)
@@ -409,12 +436,16 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                     y.grad = _wrap(g)
                 gys.append(g)
             if f.vjp is None:
-                gxs = _call_backward(f, gys, create_graph)
+                g = f
+                if f.inputs is not f._ins:  # a reused instance: show backward this call's links
+                    g = copy.copy(f)
+                    g.inputs, g.outputs = f._ins, f._outs
+                gxs = _call_backward(g, gys, create_graph)
             elif create_graph:
-                gxs = f.vjp(gys[0], f.inputs, outs[0] if f.needs_y else None)
+                gxs = f.vjp(gys[0], f._ins, outs[0] if f.needs_y else None)
             else:
-                gxs = f.vjp(gys[0], [x.data for x in f.inputs], outs[0].data if f.needs_y else None)
-            for x, gx in zip(f.inputs, gxs):
+                gxs = f.vjp(gys[0], [x._data for x in f._ins], outs[0]._data if f.needs_y else None)
+            for x, gx in zip(f._ins, gxs):
                 if gx is None or isinstance(x, Constant):
                     continue
                 k = id(x)

@@ -19,7 +19,7 @@ from .config import no_grad
 from .core import Variable, _call_backward
 from .errors import GuardError
 from .registry import get_op
-from .tape import CONST, INPUT, OP, Tape
+from .tape import CONST, INPUT, NOT_PLAIN, OP, Tape
 
 
 def _op_instance(fn: Any, op: str, attrs: dict) -> Any:
@@ -27,6 +27,12 @@ def _op_instance(fn: Any, op: str, attrs: dict) -> Any:
     if fn is not None:
         return fn
     cls = get_op(op)
+    lost = [k for k, v in attrs.items() if isinstance(v, str) and v.startswith(NOT_PLAIN)]
+    if lost:
+        raise ValueError(
+            f"op {op!r}: attribute(s) {lost} held non-plain data ({attrs[lost[0]]}) that a tape "
+            f"cannot store, so this record cannot be re-run offline; pass arrays as op inputs"
+        )
     from_attrs = getattr(cls, "from_attrs", None)
     if from_attrs is not None:
         return from_attrs(attrs)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -27,6 +29,7 @@ from .config import _state
 from .core import Constant, Variable, _ScalarConstant
 
 _serials = itertools.count(1)
+_SLOT_LOCK = threading.Lock()
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 INPUT, CONST, OP = "input", "const", "op"
@@ -82,8 +85,15 @@ def _plain(value: Any, where: str) -> Any:
 _FUNCTION_STATE = {"inputs", "outputs", "generation"}
 
 
+NOT_PLAIN = "<not plain data: "
+
+
 def function_attrs(fn: Any) -> dict[str, Any]:
-    """The plain-data attributes of a recorded Function, as saved with its record."""
+    """The plain-data attributes of a recorded Function, as saved with its record.
+
+    An attribute that is not plain data (an ndarray a user's forward kept on ``self``) is shown
+    and saved as a ``"<not plain data: ...>"`` marker: the live Function still has it, but an
+    offline replay of that record refuses to run without it."""
     attrs = getattr(fn, "attrs", None)
     if callable(attrs):
         raw = attrs()
@@ -91,8 +101,16 @@ def function_attrs(fn: Any) -> dict[str, Any]:
         raw = {
             k: v for k, v in vars(fn).items() if k not in _FUNCTION_STATE and not k.startswith("_")
         }
-    op = fn._opname()
-    return {k: _plain(v, f"attribute {k!r} of op {op!r}") for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = _plain(v, k)
+        except TypeError:
+            desc = type(v).__name__
+            if isinstance(v, np.ndarray):
+                desc = f"ndarray {v.dtype.name}{list(v.shape)}"
+            out[k] = f"{NOT_PLAIN}{desc}>"
+    return out
 
 
 def function_opname(fn: Any) -> str:
@@ -113,16 +131,21 @@ class Tape:
         self._entries: list[
             tuple
         ] = []  # (fn, ins, outs, source) or (None, op, attrs, ins, outs, source)
-        self._ids: dict[int, int] = {}  # id(var) -> index, for vars whose slot names another tape
-        self._pins: list[Variable] = []  # keeps those ids unique
+        # id(var) -> (index, version) for vars whose slot names another tape; _pins keeps ids unique
+        self._ids: dict[int, tuple[int, int]] = {}
+        self._pins: list[Variable] = []
+        self._ext: dict[int, np.ndarray] = {}  # buffers of inputs and constants, by id
         self._taken: set[str] = set()
         self._source = source
         self._file: Any = None  # a fileformat.TapeFile when loaded
-        self._writer: Any = None  # a fileformat.TapeWriter when streaming
+        self._writer: Any = None  # a storage.Stream while streaming to a file
+        self._stream_info: dict[int, tuple] = {}  # (shape, dtype) of values already streamed out
+        self._leaves: dict[int, Any] = {}  # input index -> (weakref to its Variable, version)
+        self._saved_grads: dict[str, Any] = {}  # name -> array (None: still in the file)
         self._complete = True
-        self._view: tuple | None = None  # cached derived data: (n_entries, records, index)
+        self._view: tuple | None = None  # cached derived data: (sizes, records, index)
         self.meta: dict[str, Any] = dict(meta or {})
-        self.grads: dict[str, np.ndarray] = {}
+        self.provenance: dict[str, Any] | None = None
 
     # -- recording (hot path) ----------------------------------------------------------------
     def _record(self, fn: Any, inputs: list[Variable], outputs: list[Variable]) -> None:
@@ -132,44 +155,65 @@ class Tape:
             if x._tt == serial:
                 ins.append(x._ti)
             else:
-                i = self._ids.get(id(x))
-                ins.append(self._add_external(x) if i is None else i)
+                e = self._ids.get(id(x))
+                ins.append(e[0] if e is not None and e[1] == x._ver else self._add_external(x))
         n = len(self._values)
-        values, names, kinds = self._values, self._names, self._kinds
+        values, names, kinds, ext = self._values, self._names, self._kinds, self._ext
         for y in outputs:
-            self._index(y, len(values))
-            values.append(y.data)
+            d = y._data
+            if ext and (id(d) in ext or (d.base is not None and id(d.base) in ext)):
+                d = d.copy()  # a view of an input's buffer, which the user may update in place
+            if y._tt == 0:  # a fresh output: no other thread can see it yet
+                y._tt, y._ti = serial, len(values)
+            else:
+                self._ids[id(y)] = (len(values), y._ver)
+                self._pins.append(y)
+            values.append(d)
             names.append(None)
             kinds.append(OP)
         outs = tuple(range(n, len(values)))
         src = _caller() if self._source else None
         self._entries.append((fn, tuple(ins), outs, src))
         if self._writer is not None:
-            self._stream(len(self._entries) - 1, n)
-
-    def _index(self, x: Variable, i: int) -> None:
-        if x._tt == 0:
-            x._tt, x._ti = self._serial, i
-        else:
-            self._ids[id(x)] = i
-            self._pins.append(x)
+            self._writer.write(self, len(self._entries) - 1)
 
     def _add_external(self, x: Variable) -> int:
-        """A value made outside this tape: an input (leaf) or a constant. Copied at first use."""
+        """A value made outside this tape, or changed in place since its last use: an input (a
+        leaf) or a constant. Stored as a copy, and its buffer remembered so that outputs viewing
+        it are copied too."""
         i = len(self._values)
-        self._index(x, i)
+        with _SLOT_LOCK:  # a parameter shared by tapes in several threads: one owner of the slot
+            if x._tt == 0:
+                x._tt, x._ti = self._serial, i
+            else:
+                self._ids[id(x)] = (i, x._ver)
+                self._pins.append(x)
         kind = CONST if isinstance(x, Constant) else INPUT
-        data = x.data if isinstance(x, _ScalarConstant) else np.array(x.data, copy=True)
+        d = x._data
+        if not isinstance(x, _ScalarConstant):
+            owner = d if d.base is None else d.base
+            self._ext[id(owner)] = owner
+            d = np.array(d, copy=True)
         name = None
-        if kind == INPUT and x.name is not None:
-            nm = str(x.name)
-            if nm not in self._taken and not nm.startswith("%"):
-                name = nm
-                self._taken.add(nm)
-        self._values.append(data)
+        if kind == INPUT:
+            self._leaves[i] = (weakref.ref(x), x._ver)
+            if x.name is not None:
+                name = self._leaf_name(str(x.name))
+        self._values.append(d)
         self._names.append(name)
         self._kinds.append(kind)
         return i
+
+    def _leaf_name(self, nm: str) -> str | None:
+        """``nm`` if free; a leaf updated in place and used again becomes ``nm@2``, ``nm@3``..."""
+        if nm.startswith("%"):
+            return None
+        cand, k = nm, 1
+        while cand in self._taken:
+            k += 1
+            cand = f"{nm}@{k}"
+        self._taken.add(cand)
+        return cand
 
     # -- values ------------------------------------------------------------------------------
     def name_of(self, i: int) -> str:
@@ -193,6 +237,8 @@ class Tape:
         a = self._values[i]
         if a is not None:
             return a.shape, a.dtype
+        if i in self._stream_info:
+            return self._stream_info[i]
         info = self._file.values[i]
         return tuple(info.shape), np.dtype(info.dtype)
 
@@ -279,6 +325,24 @@ class Tape:
         for i, k in enumerate(self._kinds):
             if k == OP and i not in used and self._shape_dtype(i)[1].kind in "fc":
                 out.append(self.name_of(i))
+        return out
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """Gradients of the inputs: those saved with a loaded tape, or for a recorded tape the
+        ``.grad`` its input Variables hold now (after ``loss.backward()``)."""
+        if self._file is not None:
+            out = {}
+            for name, g in self._saved_grads.items():
+                if g is None:
+                    g = self._saved_grads[name] = self._file.grad(name)
+                out[name] = g
+            return out
+        out = {}
+        for i, (ref, ver) in self._leaves.items():
+            v = ref()
+            if v is not None and v._ver == ver and v.grad is not None and v.grad.data is not None:
+                out[self.name_of(i)] = v.grad.data
         return out
 
     @property
@@ -385,10 +449,31 @@ class Tape:
 
         return repr_html(self)
 
+    # -- files (see tapegrad.storage) ------------------------------------------------------------
+    def save(self, path: str | os.PathLike, values: str = "all") -> None:
+        """Write the tape to ``path`` atomically: a crash mid-save leaves any older file intact.
+
+        ``values="backward"`` stores only the values an offline backward reads (inputs, outputs,
+        constants, and what each op's rule needs); ``"none"`` stores the structure, shapes and
+        dtypes only. The inputs' current gradients, ``meta`` and provenance are saved too.
+        """
+        from .storage import save
+
+        save(self, path, values)
+
     # -- the with-block --------------------------------------------------------------------------
+    def _start_stream(self, path: str | os.PathLike) -> None:
+        from .storage import Stream
+
+        self._writer = Stream(self, path)
+
     def _close(self) -> None:
         self._pins.clear()
         self._ids.clear()
+        self._ext.clear()
+        if self._writer is not None:
+            w, self._writer = self._writer, None
+            w.close(self)
 
 
 _DTYPE_SHORT = {"f": "f", "i": "i", "u": "u", "c": "c", "b": "bool"}
@@ -442,9 +527,11 @@ def record(
     if path is not None:
         tape._start_stream(path)
     st = _state.get()
-    token = _state.set(st.replace(tapes=st.tapes + (tape,)))
+    _state.set(st.replace(tapes=st.tapes + (tape,)))
     try:
         yield tape
     finally:
-        _state.reset(token)
+        # Take only this tape off (a Config setting made inside the block stays, as in DeZero).
+        st = _state.get()
+        _state.set(st.replace(tapes=tuple(t for t in st.tapes if t is not tape)))
         tape._close()

@@ -157,6 +157,23 @@ class Variable:
     def sum(self, axis: Any = None, keepdims: bool = False) -> "Variable":
         return _OPS["sum"](axis, keepdims)(self)
 
+    def max(self, axis: Any = None, keepdims: bool = False) -> "Variable":
+        return _OPS["max"](axis, keepdims)(self)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> "Variable":
+        return _OPS["min"](axis, keepdims)(self)
+
+    def dot(self, other: Any) -> "Variable":
+        return _OPS["matmul"]()(self, other)
+
+    matmaul = dot  # DeZero's spelling
+
+    def to_cpu(self) -> None:
+        """Nothing to do: tapegrad runs on NumPy (kept so DeZero scripts run unchanged)."""
+
+    def to_gpu(self) -> None:
+        raise NotImplementedError("tapegrad runs on NumPy only; there is no GPU backend")
+
     def __getitem__(self, index: Any) -> "Variable":
         return _OPS["get_item"].of(self, index)
 
@@ -265,10 +282,10 @@ def _to_inputs(inputs: tuple) -> list[Variable]:
     scalars = False
     for x in inputs:
         if isinstance(x, Variable):
-            if ref is None and x._data is not None:
+            if x._data is not None and (ref is None or ref.kind == "b"):
                 ref = x._data.dtype
         elif isinstance(x, np.ndarray):
-            if ref is None:
+            if ref is None or ref.kind == "b":
                 ref = x.dtype
             x = Constant(x)
         elif isinstance(x, (int, float, complex, bool, np.generic)):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import Config
-from .core import Variable, as_array, as_variable
+from .core import Variable, _scalar_array, as_array, as_variable
 from .ops.compare import Greater, GreaterEqual, Less, LessEqual
 from .ops.elementwise import (
     Abs,
@@ -115,7 +115,16 @@ def minimum(x0: ArrayLike, x1: ArrayLike) -> Variable:
 
 def where(condition: ArrayLike, x0: ArrayLike, x1: ArrayLike) -> Variable:
     cond = condition.data if isinstance(condition, Variable) else np.asarray(condition, dtype=bool)
+    # A Python number takes the dtype of the other branch (the boolean condition must not be the
+    # reference dtype: where(c, x32, 0.0) stays float32).
+    ref = [v.dtype for v in (x0, x1) if isinstance(v, (Variable, np.ndarray))]
+    if ref:
+        x0, x1 = (_scalar_array(v, ref[0]) if _is_number(v) else v for v in (x0, x1))
     return Where()(cond.astype(bool, copy=False), x0, x1)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def clip(x: ArrayLike, x_min: float, x_max: float) -> Variable:
@@ -270,7 +279,7 @@ def softmax_cross_entropy(x: ArrayLike, t: ArrayLike) -> Variable:
 def sigmoid_cross_entropy(x: ArrayLike, t: ArrayLike) -> Variable:
     if x.ndim != t.ndim:
         t = t.reshape(*x.shape)
-    x, t = as_variable(x), as_variable(t)
+    x, t = as_variable(x), _labels(t, x.dtype)
     N = len(x)
     p = sigmoid(x)
     p = clip(p, 1e-15, 1.0)
@@ -281,10 +290,23 @@ def sigmoid_cross_entropy(x: ArrayLike, t: ArrayLike) -> Variable:
 def binary_cross_entropy(p: ArrayLike, t: ArrayLike) -> Variable:
     if p.ndim != t.ndim:
         t = t.reshape(*p.shape)
+    t = _labels(t, p.dtype)
     N = len(t)
     p = clip(p, 1e-15, 0.999)
     tlog_p = t * log(p) + (1 - t) * log(1 - p)
     return -1 * sum(tlog_p) / N
+
+
+def _labels(t: ArrayLike, dtype: np.dtype) -> ArrayLike:
+    """Targets given as an array are constants (not tape inputs, no gradient); integer or boolean
+    labels take the floating dtype of the prediction, so float32 stays float32 (0 and 1 are exact,
+    so float64 results are unchanged). A Variable ``t`` is left alone, as in DeZero."""
+    if isinstance(t, Variable):
+        return t
+    t = np.asarray(t)
+    if t.dtype.kind in "biu" and dtype.kind == "f":
+        t = t.astype(dtype)
+    return t
 
 
 def accuracy(y: ArrayLike, t: ArrayLike) -> Variable:

@@ -66,10 +66,10 @@ class Record:
 
 def _plain(value: Any, where: str) -> Any:
     """Attribute values as plain data: numbers, strings, None, and tuples/dicts of those."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()  # before the next test: np.float64 is a float subclass
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
     if isinstance(value, (tuple, list)):
         return tuple(_plain(v, where) for v in value)
     if isinstance(value, dict):

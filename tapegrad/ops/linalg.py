@@ -46,7 +46,12 @@ class Linear(Op):
         """d (x @ W + b) = (gy @ W.T, x.T @ gy, sum_to(gy, b.shape))"""
         x, W = xs[0], xs[1]
         gx = xp.matmul(gy, xp.transpose(W))
-        gW = xp.matmul(xp.transpose(x), gy)
+        # x of any rank (forward allows (..., n) @ (n, m)): gW sums over all leading axes.
+        # For the usual 2-D x both reshapes are no-ops (DeZero's arithmetic).
+        n, m = W.shape
+        gW = xp.matmul(
+            xp.transpose(xp.reshape(x, (x.size // n, n))), xp.reshape(gy, (gy.size // m, m))
+        )
         if len(xs) == 2:
             return gx, gW
         return gx, gW, xp.sum_to(gy, xs[2].shape)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core import Variable
 from ..registry import _OPS, register_op
 from .base import Op, value, xp
 
@@ -107,8 +108,15 @@ class BatchNorm(Op):
         mean, var = value(xs[3]), value(xs[4])
         gy2, x2 = _to_2d(gy), _to_2d(x)
         n = gy2.shape[0]
-        mu, inv_std = self._stats(_to_2d(value(x)), mean, var)
-        xc = (x2 - mu) * inv_std
+        if self.train and isinstance(x2, Variable):
+            # create_graph: the batch statistics are functions of x too, or the second
+            # derivative would be wrong (DeZero treats them as constants here)
+            xc = x2 - xp.sum(x2, axis=0) * (1.0 / n)
+            inv_std = (xp.sum(xc * xc, axis=0) * (1.0 / n) + self.eps) ** -0.5
+            xc = xc * inv_std
+        else:
+            mu, inv_std = self._stats(_to_2d(value(x)), mean, var)
+            xc = (x2 - mu) * inv_std
         gbeta = xp.sum(gy2, axis=0)
         ggamma = xp.sum(xc * gy2, axis=0)
         if self.train:

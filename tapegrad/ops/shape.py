@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core import Variable
 from ..registry import register_op
 from .base import Op, decode_index, encode_index, value, xp
 
@@ -81,7 +82,8 @@ class GetItem(Op):
 
 
 def _get_item_grad(gy, index, shape, arrays):
-    if isinstance(gy, np.ndarray):
+    if not isinstance(gy, Variable):  # an ndarray, or a NumPy scalar (0-d results of NumPy ops)
+        gy = np.asarray(gy)
         gx = np.zeros(shape, dtype=gy.dtype)
         np.add.at(gx, decode_index(index, [value(a) for a in arrays]), gy)
         return gx

@@ -42,7 +42,6 @@ class Variable:
         "generation",
         "_ver",
         "_tt",
-        "_ti",
         "__weakref__",
     )
     __array_priority__ = 200
@@ -59,8 +58,7 @@ class Variable:
         self.creator = None
         self.generation = 0
         self._ver = 0  # bumped by every assignment to .data (x.data -= ... included)
-        self._tt = 0  # serial of the tape that indexes this value in _ti (0: none)
-        self._ti = 0
+        self._tt = 0  # serial of the recording tape that owns this value's bookkeeping (0: none)
 
     @property
     def data(self) -> np.ndarray | None:
@@ -311,15 +309,32 @@ class Function:
 
     op: str | None = None  # registered op name (set by register_op)
     _registered = False
-    inputs: Any = None
-    outputs: Any = None
     generation = 0
-    _seq = 0
-    _ometa: Any = None
-    # This call's own graph links. ``inputs``/``outputs`` are the same lists, except on an instance
+    _seq = 0  # this call's sequence number (0: not called yet)
+    _ometa: Any = None  # (shape, dtype) of each output, for calls with several outputs
+    # This call's own graph links. ``inputs``/``outputs`` show the same, except on an instance
     # called again: those then describe the latest call, while each record keeps its own here.
     _ins: Any = None
     _outs: Any = None
+    _latest: Any = None
+
+    @property
+    def inputs(self) -> Any:
+        return self._ins if self._latest is None else self._latest[0]
+
+    @inputs.setter
+    def inputs(self, value: Any) -> None:
+        self._ins = value
+        self._latest = None
+
+    @property
+    def outputs(self) -> Any:
+        return self._outs if self._latest is None else self._latest[1]
+
+    @outputs.setter
+    def outputs(self, value: Any) -> None:
+        self._outs = value
+        self._latest = None
 
     def __call__(self, *inputs: Any):
         st = _state.get()
@@ -328,39 +343,65 @@ class Function:
             # A second call of the same instance: it gets a record of its own, so the first
             # call's backward keeps seeing the first call's inputs and state.
             node = copy.copy(self)
-        vs = _to_inputs(inputs)
+            node._latest = None
+        vs = inputs
+        for x in inputs:
+            if x.__class__ is not Variable:
+                vs = _to_inputs(inputs)
+                break
         try:
-            ys = node.forward(*[x._data for x in vs])
+            if len(vs) == 1:
+                ys = node.forward(vs[0]._data)
+            elif len(vs) == 2:
+                ys = node.forward(vs[0]._data, vs[1]._data)
+            else:
+                ys = node.forward(*[x._data for x in vs])
         except ValueError as e:
             raise ValueError(
                 f"{node._opname()}: cannot apply to inputs of shapes "
                 f"{', '.join(str(x.shape) for x in vs)}: {e}"
             ) from None
-        if type(ys) is not tuple:
-            ys = (ys,)
-        outputs = [Variable(y if type(y) is np.ndarray else np.asarray(y)) for y in ys]
-
+        if type(ys) is tuple:
+            return node._finish_many(self, st, vs, ys)
+        y = Variable(ys if type(ys) is np.ndarray else np.asarray(ys))
         if st.enable_backprop:
-            gen = 0
+            gen = vs[0].generation
             for x in vs:
                 if x.generation > gen:
                     gen = x.generation
             node.generation = gen
             node._seq = next(_counter)
-            node._ins = node.inputs = vs
-            node._outs = node.outputs = [_wref(y) for y in outputs]
-            gen += 1
-            for y in outputs:
-                y.creator = node
-                y.generation = gen
-            if len(outputs) > 1:
-                node._ometa = [(y._data.shape, y._data.dtype) for y in outputs]
+            node._ins = vs
+            node._outs = [_wref(y)]
+            y.creator = node
+            y.generation = gen + 1
             if node is not self:
-                self.inputs, self.outputs, self.generation = vs, node.outputs, node.generation
+                self._latest = (vs, node._outs)
+                self.generation = gen
             if st.tapes:
                 for t in st.tapes:
-                    t._record(node, vs, outputs)
+                    t._record(node, vs, (y,))
+        return y
 
+    def _finish_many(self, caller: "Function", st: Any, vs: Any, ys: tuple) -> Any:
+        """The end of a call whose forward returned several outputs."""
+        outputs = [Variable(y if type(y) is np.ndarray else np.asarray(y)) for y in ys]
+        if st.enable_backprop:
+            gen = max([x.generation for x in vs], default=0)
+            self.generation = gen
+            self._seq = next(_counter)
+            self._ins = vs
+            self._outs = [_wref(y) for y in outputs]
+            for y in outputs:
+                y.creator = self
+                y.generation = gen + 1
+            self._ometa = [(y._data.shape, y._data.dtype) for y in outputs]
+            if self is not caller:
+                caller._latest = (vs, self._outs)
+                caller.generation = gen
+            if st.tapes:
+                for t in st.tapes:
+                    t._record(self, vs, outputs)
         return outputs if len(outputs) > 1 else outputs[0]
 
     def forward(self, *xs: np.ndarray):
@@ -417,6 +458,9 @@ def _call_backward(f: Function, gys: list, create_graph: bool) -> tuple:
     return tuple(out)
 
 
+_CONSTANTS = (Constant, _ScalarConstant)
+
+
 def _zeros_for(f: Function, i: int, create_graph: bool):
     shape, dtype = f._ometa[i]
     z = np.zeros(shape, dtype)
@@ -438,32 +482,46 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
     try:
         grads: dict[int, Any] = {id(root): seed}
         leaves: dict[int, Variable] = {}
-        heap = [(-root.creator._seq, root.creator)]
-        queued = {id(root.creator)}
+        first = root.creator
+        waiting = {first._seq: first}  # sequence number -> Function whose turn has not come
+        heap = [-first._seq]
         pop, push = heapq.heappop, heapq.heappush
         while heap:
-            f = pop(heap)[1]
-            outs = [r() for r in f._outs]
-            gys = []
-            for i, y in enumerate(outs):
+            f = waiting.pop(-pop(heap))
+            if len(f._outs) == 1:
+                y = f._outs[0]()
+                outs = [y]
                 g = None if y is None else grads.pop(id(y), None)
                 if g is None:
-                    g = _zeros_for(f, i, create_graph)
+                    g = _zeros_for(f, 0, create_graph)
                 elif retain_grad:
                     y.grad = _wrap(g)
-                gys.append(g)
+                gys = [g]
+            else:
+                outs = [r() for r in f._outs]
+                gys = []
+                for i, y in enumerate(outs):
+                    g = None if y is None else grads.pop(id(y), None)
+                    if g is None:
+                        g = _zeros_for(f, i, create_graph)
+                    elif retain_grad:
+                        y.grad = _wrap(g)
+                    gys.append(g)
+            ins = f._ins
             if f.vjp is None:
                 g = f
-                if f.inputs is not f._ins:  # a reused instance: show backward this call's links
+                if f._latest is not None:  # a reused instance: show backward this call's links
                     g = copy.copy(f)
                     g.inputs, g.outputs = f._ins, f._outs
                 gxs = _call_backward(g, gys, create_graph)
             elif create_graph:
-                gxs = f.vjp(gys[0], f._ins, outs[0] if f.needs_y else None)
+                gxs = f.vjp(gys[0], ins, outs[0] if f.needs_y else None)
+            elif len(ins) == 1:
+                gxs = f.vjp(gys[0], (ins[0]._data,), outs[0]._data if f.needs_y else None)
             else:
-                gxs = f.vjp(gys[0], [x._data for x in f._ins], outs[0]._data if f.needs_y else None)
-            for x, gx in zip(f._ins, gxs):
-                if gx is None or isinstance(x, Constant):
+                gxs = f.vjp(gys[0], [x._data for x in ins], outs[0]._data if f.needs_y else None)
+            for x, gx in zip(ins, gxs):
+                if gx is None or x.__class__ in _CONSTANTS:
                     continue
                 k = id(x)
                 prev = grads.get(k)
@@ -471,9 +529,9 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                 c = x.creator
                 if c is None:
                     leaves[k] = x
-                elif id(c) not in queued:
-                    queued.add(id(c))
-                    push(heap, (-c._seq, c))
+                elif c._seq not in waiting:
+                    waiting[c._seq] = c
+                    push(heap, -c._seq)
         if not retain_grad:
             root.grad = None
         for k, x in leaves.items():

@@ -125,14 +125,19 @@ class Tape:
 
     def __init__(self, *, source: bool = False, meta: dict | None = None):
         self._serial = next(_serials)
-        self._values: list[Any] = []  # ndarray, or None while it lives only in the file
-        self._names: list[str | None] = []  # None: a generated name "%<index>"
-        self._kinds: list[str] = []
-        self._entries: list[
-            tuple
-        ] = []  # (fn, ins, outs, source) or (None, op, attrs, ins, outs, source)
-        # id(var) -> (index, version) for vars whose slot names another tape; _pins keeps ids unique
-        self._ids: dict[int, tuple[int, int]] = {}
+        # The value table and the records, built from the pending calls on first use.
+        self._v: list[Any] = []  # ndarray, or None while it lives only in the file
+        self._n: list[str | None] = []  # None: a generated name "%<index>"
+        self._k: list[str] = []  # INPUT, CONST or OP
+        self._e: list[tuple] = []  # (fn, ins, outs, source) or (None, op, attrs, ins, outs, source)
+        # Recording appends here only; _materialize() turns it into the table above.
+        self._pending: list[Any] = []  # Functions, and (variable, value) for new inputs/constants
+        self._pending_ys: list[np.ndarray] = []  # the output arrays of the pending Functions
+        self._pending_src: list[Any] = []  # with source=True: (file, line, function) per call
+        self._wire: dict[int, int] = {}  # id(Variable) -> value index, while materializing
+        self._closed = False
+        # Variables whose slot (_tt) names another tape: id -> version, pinned so ids stay unique.
+        self._ids: dict[int, int] = {}
         self._pins: list[Variable] = []
         self._ext: dict[int, np.ndarray] = {}  # buffers of inputs and constants, by id
         self._taken: set[str] = set()
@@ -148,61 +153,136 @@ class Tape:
         self.provenance: dict[str, Any] | None = None
 
     # -- recording (hot path) ----------------------------------------------------------------
-    def _record(self, fn: Any, inputs: list[Variable], outputs: list[Variable]) -> None:
+    def _record(self, fn: Any, inputs: Any, outputs: Any) -> None:
+        """Called by every Function call while this tape records: kept to a few appends."""
         serial = self._serial
-        ins = []
         for x in inputs:
-            if x._tt == serial:
-                ins.append(x._ti)
-            else:
-                e = self._ids.get(id(x))
-                ins.append(e[0] if e is not None and e[1] == x._ver else self._add_external(x))
-        n = len(self._values)
-        values, names, kinds, ext = self._values, self._names, self._kinds, self._ext
+            if x._tt != serial and self._ids.get(id(x), -1) != x._ver:
+                self._external(x)
+        ext = self._ext
+        ys = self._pending_ys
         for y in outputs:
             d = y._data
-            if ext and (id(d) in ext or (d.base is not None and id(d.base) in ext)):
-                d = d.copy()  # a view of an input's buffer, which the user may update in place
+            if ext:
+                b = d.base
+                if (b is not None and id(b) in ext) or id(d) in ext:
+                    d = d.copy()  # a view of an input's buffer, which the user may update in place
             if y._tt == 0:  # a fresh output: no other thread can see it yet
-                y._tt, y._ti = serial, len(values)
-            else:
-                self._ids[id(y)] = (len(values), y._ver)
+                y._tt = serial
+            else:  # its slot belongs to an enclosing tape
+                self._ids[id(y)] = y._ver
                 self._pins.append(y)
-            values.append(d)
-            names.append(None)
-            kinds.append(OP)
-        outs = tuple(range(n, len(values)))
-        src = _caller() if self._source else None
-        self._entries.append((fn, tuple(ins), outs, src))
+            ys.append(d)
+        self._pending.append(fn)
+        if self._source:
+            self._pending_src.append(_caller())
         if self._writer is not None:
             self._writer.write(self, len(self._entries) - 1)
 
-    def _add_external(self, x: Variable) -> int:
+    def _external(self, x: Variable) -> None:
         """A value made outside this tape, or changed in place since its last use: an input (a
         leaf) or a constant. Stored as a copy, and its buffer remembered so that outputs viewing
         it are copied too."""
-        i = len(self._values)
         with _SLOT_LOCK:  # a parameter shared by tapes in several threads: one owner of the slot
             if x._tt == 0:
-                x._tt, x._ti = self._serial, i
-            else:
-                self._ids[id(x)] = (i, x._ver)
+                x._tt = self._serial
+            elif x._tt != self._serial:
+                self._ids[id(x)] = x._ver
                 self._pins.append(x)
-        kind = CONST if isinstance(x, Constant) else INPUT
         d = x._data
         if not isinstance(x, _ScalarConstant):
             owner = d if d.base is None else d.base
             self._ext[id(owner)] = owner
             d = np.array(d, copy=True)
-        name = None
-        if kind == INPUT:
-            self._leaves[i] = (weakref.ref(x), x._ver)
-            if x.name is not None:
-                name = self._leaf_name(str(x.name))
-        self._values.append(d)
-        self._names.append(name)
-        self._kinds.append(kind)
-        return i
+        self._pending.append((x, d, x._ver))
+
+    def _materialize(self) -> None:
+        """Turn the pending calls into value table entries and records (in call order)."""
+        pending = self._pending
+        if not pending:
+            return
+        ys, srcs = self._pending_ys, self._pending_src
+        self._pending, self._pending_ys, self._pending_src = [], [], []
+        values, names, kinds, entries, wire = self._v, self._n, self._k, self._e, self._wire
+        j = 0
+        for item in pending:
+            if type(item) is tuple:  # a new input or constant: (variable, copied value, version)
+                x, d, ver = item
+                i = len(values)
+                wire[id(x)] = i
+                values.append(d)
+                if isinstance(x, Constant):
+                    names.append(None)
+                    kinds.append(CONST)
+                else:
+                    self._leaves[i] = (weakref.ref(x), ver)
+                    names.append(None if x.name is None else self._leaf_name(str(x.name)))
+                    kinds.append(INPUT)
+                continue
+            ins = tuple([wire[id(x)] for x in item._ins])
+            n = len(values)
+            outs = []
+            for r in item._outs:
+                y = r()
+                if y is not None:
+                    wire[id(y)] = len(values)
+                outs.append(len(values))
+                values.append(ys[j])
+                names.append(None)
+                kinds.append(OP)
+                j += 1
+            entries.append((item, ins, (n,) if len(outs) == 1 else tuple(outs), None))
+        if self._closed:
+            wire.clear()  # no more calls will come to be wired
+        if srcs:
+            first = len(entries) - len(srcs)
+            for k, src in enumerate(srcs):
+                e = entries[first + k]
+                entries[first + k] = (e[0], e[1], e[2], src)
+
+    @property
+    def _entries(self) -> list[tuple]:
+        if self._pending:
+            self._materialize()
+        return self._e
+
+    @_entries.setter
+    def _entries(self, value: list[tuple]) -> None:
+        self._materialize()
+        self._e = value
+
+    @property
+    def _values(self) -> list[Any]:
+        if self._pending:
+            self._materialize()
+        return self._v
+
+    @_values.setter
+    def _values(self, value: list[Any]) -> None:
+        self._materialize()
+        self._v = value
+
+    @property
+    def _names(self) -> list[str | None]:
+        if self._pending:
+            self._materialize()
+        return self._n
+
+    @_names.setter
+    def _names(self, value: list[str | None]) -> None:
+        self._materialize()
+        self._n = value
+
+    @property
+    def _kinds(self) -> list[str]:
+        if self._pending:
+            self._materialize()
+        return self._k
+
+    @_kinds.setter
+    def _kinds(self, value: list[str]) -> None:
+        self._materialize()
+        self._k = value
 
     def _leaf_name(self, nm: str) -> str | None:
         """``nm`` if free; a leaf updated in place and used again becomes ``nm@2``, ``nm@3``..."""
@@ -468,8 +548,11 @@ class Tape:
         self._writer = Stream(self, path)
 
     def _close(self) -> None:
-        self._pins.clear()
+        # The pending calls are turned into records only when first needed (never, for a tape
+        # that only served a live backward); they hold their Variables, so ids stay unique.
+        self._closed = True
         self._ids.clear()
+        self._pins.clear()
         self._ext.clear()
         if self._writer is not None:
             w, self._writer = self._writer, None

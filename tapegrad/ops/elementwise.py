@@ -14,7 +14,13 @@ from .base import Op, value, xp
 
 
 def _to_shapes(gx0, gx1, xs):
-    return xp.sum_to(gx0, xs[0].shape), xp.sum_to(gx1, xs[1].shape)
+    """Sum each gradient of a broadcasting binary op back to its input's shape."""
+    x0, x1 = xs
+    if gx0.shape != x0.shape:
+        gx0 = xp.sum_to(gx0, x0.shape)
+    if gx1.shape != x1.shape:
+        gx1 = xp.sum_to(gx1, x1.shape)
+    return gx0, gx1
 
 
 @register_op("add")

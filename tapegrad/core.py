@@ -29,6 +29,7 @@ from .registry import _OPS
 
 _counter = itertools.count(1)
 _wref = weakref.ref
+_new = object.__new__
 
 
 class Variable:
@@ -346,7 +347,7 @@ class Function:
             node._latest = None
         vs = inputs
         for x in inputs:
-            if x.__class__ is not Variable:
+            if x.__class__ is not Variable and not isinstance(x, Variable):
                 vs = _to_inputs(inputs)
                 break
         try:
@@ -363,8 +364,14 @@ class Function:
             ) from None
         if type(ys) is tuple:
             return node._finish_many(self, st, vs, ys)
-        y = Variable(ys if type(ys) is np.ndarray else np.asarray(ys))
-        if st.enable_backprop:
+        y = _new(Variable)  # Variable(...) without the argument checks: ys is ours
+        y._data = ys if type(ys) is np.ndarray else np.asarray(ys)
+        y.name = y.grad = None
+        y._ver = y._tt = 0
+        if not st.enable_backprop:
+            y.creator = None
+            y.generation = 0
+        else:
             gen = vs[0].generation
             for x in vs:
                 if x.generation > gen:

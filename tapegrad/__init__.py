@@ -6,6 +6,7 @@ differentiated offline.
 """
 
 from . import ops as _ops  # registers the built-in ops
+from .analysis import diff
 from .config import Config, no_grad, test_mode, using_config
 from .core import Function, Parameter, Variable, as_array, as_variable
 from .errors import (
@@ -17,10 +18,23 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .registry import register_op, registered_ops
-from .analysis import diff
 from .tape import Record, Tape, record
 
 __version__ = "0.1.0"
+
+
+def load(path, recover: bool = False) -> Tape:
+    """Open a tape file written by ``Tape.save`` or ``record(path)``.
+
+    Reads the file's index now and each value's bytes at first use. A missing or unreadable path
+    raises ``OSError``; anything wrong with the content raises ``TapeFormatError``. A file cut
+    short raises ``TapeTruncatedError`` unless ``recover=True``, which returns its complete
+    records. Nothing named in the file is imported or run.
+    """
+    from .storage import load as _load
+
+    return _load(path, recover)
+
 
 del _ops
 
@@ -39,6 +53,7 @@ __all__ = [
     "Variable",
     "as_array",
     "diff",
+    "load",
     "as_variable",
     "no_grad",
     "record",

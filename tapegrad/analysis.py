@@ -166,8 +166,9 @@ def _record_report(tape: Tape, k: int, value_name: str | None, pass_: str) -> di
 
 def find_nonfinite(tape: Tape, of: str | None = None) -> dict[str, Any]:
     """The first record whose output is NaN/Inf in the forward pass, and the first record whose
-    gradient is in the backward pass (replayed from ``of``), each with its op, attributes and its
-    inputs' statistics. ``{"forward": None, "backward": None}`` when everything is finite."""
+    gradient is in the backward pass (replayed from ``of``, or from each output in turn), each with
+    its op, attributes and its inputs' statistics. ``{"forward": None, "backward": None}`` when
+    everything is finite."""
     result: dict[str, Any] = {"forward": None, "backward": None, "inputs": []}
     for i, kind in enumerate(tape._kinds):
         if kind in (INPUT, CONST) and tape._has_value(i) and _nonfinite(tape._value(i)):
@@ -178,17 +179,21 @@ def find_nonfinite(tape: Tape, of: str | None = None) -> dict[str, Any]:
         if bad:
             result["forward"] = _record_report(tape, k, tape.name_of(bad[0]), "forward")
             break
-    outputs = tape.outputs
-    if result["forward"] is None and (of is not None or len(outputs) == 1):
-        found: list[int] = []
+    if result["forward"] is None:
+        # the backward pass of ``of``, or of each output in turn when none is named
+        for target in [of] if of is not None else tape.outputs:
+            found: list[int] = []
 
-        def visit(k: int, gxs: Any) -> None:
-            if not found and any(g is not None and _nonfinite(g) for g in gxs):
-                found.append(k)
+            def visit(k: int, gxs: Any, found: list[int] = found) -> None:
+                if not found and any(g is not None and _nonfinite(g) for g in gxs):
+                    found.append(k)
 
-        interpret.backward(tape, of, visit=visit)
-        if found:
-            result["backward"] = _record_report(tape, found[0], None, "backward")
+            with np.errstate(all="ignore"):  # non-finite values are what we are looking for
+                interpret.backward(tape, target, visit=visit)
+            if found:
+                result["backward"] = _record_report(tape, found[0], None, "backward")
+                result["backward"]["of"] = tape.name_of(interpret._resolve_output(tape, target))
+                break
     return result
 
 
@@ -203,7 +208,8 @@ def format_nonfinite(r: dict[str, Any]) -> str:
         if f is None:
             continue
         what = f"output {f['value']}" if key == "forward" else "gradient"
-        lines.append(f"{key}: first non-finite {what} at record {f['record']} ({f['op']})")
+        of = f", differentiating {f['of']}" if f.get("of") else ""
+        lines.append(f"{key}: first non-finite {what} at record {f['record']} ({f['op']}){of}")
         lines.append(f"  {f['line']}")
         if f["source"]:
             lines.append(f"  at {f['source']}")
@@ -341,7 +347,8 @@ def gradcheck(
     rng = np.random.default_rng(seed)
     y0 = tape._value(o)
     w = rng.standard_normal(y0.shape).astype(y0.dtype)
-    grads = interpret.backward(tape, out_name, w)
+    with np.errstate(all="ignore"):  # a non-finite gradient or value is reported as a failure
+        grads = interpret.backward(tape, out_name, w)
     errors: dict[str, float] = {}
     skipped = []
     lowp = False
@@ -352,19 +359,20 @@ def gradcheck(
             continue
         lowp = lowp or x.dtype.itemsize < 8
         h = eps if eps is not None else (1e-6 if x.dtype.itemsize >= 8 else 1e-2)
-        worst = 0.0
+        errs = [0.0]
         for _ in range(directions):
             d = rng.standard_normal(x.shape)
             d /= max(np.linalg.norm(d), 1e-300)
-            fp = interpret.replay(tape, {name: x + h * d}, strict=False)[out_name]
-            fm = interpret.replay(tape, {name: x - h * d}, strict=False)[out_name]
+            with np.errstate(all="ignore"):
+                fp = interpret.replay(tape, {name: x + h * d}, strict=False)[out_name]
+                fm = interpret.replay(tape, {name: x - h * d}, strict=False)[out_name]
             num = float(np.sum(w.astype(np.float64) * (fp.astype(np.float64) - fm)) / (2 * h))
             ana = float(np.sum(grads[name].astype(np.float64) * d))
             err = abs(num - ana) / max(abs(num), abs(ana), 1e-8)
-            worst = max(worst, err)
+            errs.append(err if np.isfinite(err) else float("nan"))  # a NaN gradient fails
             if progress is not None:
                 progress()
-        errors[name] = worst
+        errors[name] = float(np.max(errs))  # NaN if any direction gave NaN
     tol = rtol if rtol is not None else (5e-2 if lowp else 1e-4)
     return GradcheckResult(all(e <= tol for e in errors.values()), errors, tol, out_name, skipped)
 
@@ -512,7 +520,9 @@ def _first_value_diff(a: Tape, b: Tape, rtol: float, atol: float) -> dict[str, A
 
     for i, kind in enumerate(a._kinds):
         if kind in (INPUT, CONST):
-            r = compare(i, f"{kind} value", None)
+            # an input or constant that differs: named with the first record that reads it
+            k = next((k for k in range(len(a._entries)) if i in a._entry(k)[3]), None)
+            r = compare(i, f"{kind} value" + ("" if k is None else f" read by record {k}"), k)
             if r:
                 return r
     for k in range(len(a._entries)):

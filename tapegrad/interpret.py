@@ -9,6 +9,8 @@ backward ran, in the same (reverse call) order, so live and offline gradients ar
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 import weakref
 from typing import Any
@@ -161,8 +163,8 @@ def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True) -> Tape:
             v = given[tape.name_of(i)]
             v = np.array(v.data if isinstance(v, Variable) else v, copy=True)
             shape, dtype = tape._shape_dtype(i)
-            if v.dtype != dtype and v.dtype.kind == dtype.kind:
-                v = v.astype(dtype)
+            if v.dtype != dtype and np.can_cast(v.dtype, dtype, "same_kind"):
+                v = v.astype(dtype)  # float64 for a float32 input, ints for a float input
             vals[i] = v
         elif kind != OP:
             vals[i] = tape._value(i)
@@ -173,7 +175,7 @@ def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True) -> Tape:
             xs = [vals[i] for i in ins]
             try:
                 ys = f.forward(*xs)
-            except ValueError as e:
+            except (ValueError, IndexError) as e:
                 shapes = ", ".join(str(np.shape(x)) for x in xs)
                 recorded = ", ".join(str(tape._shape_dtype(i)[0]) for i in ins)
                 raise ValueError(
@@ -208,7 +210,16 @@ def _check_guard(tape: Tape, k: int, op: str, outs: tuple, vals: list, src: Any,
     )
     if strict:
         raise GuardError(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside tapegrad."""
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, f = 2, sys._getframe(2)  # 1: the function warning, 2: its caller
+    while f is not None and f.f_code.co_filename.startswith(pkg):
+        level, f = level + 1, f.f_back
+    return level
 
 
 def _short(a: np.ndarray) -> str:

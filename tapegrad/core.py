@@ -43,6 +43,7 @@ class Variable:
         "generation",
         "_ver",
         "_tt",
+        "_ti",
         "__weakref__",
     )
     __array_priority__ = 200
@@ -60,6 +61,7 @@ class Variable:
         self.generation = 0
         self._ver = 0  # bumped by every assignment to .data (x.data -= ... included)
         self._tt = 0  # serial of the recording tape that owns this value's bookkeeping (0: none)
+        self._ti = 0  # its index on that tape, while the tape streams to a file
 
     @property
     def data(self) -> np.ndarray | None:
@@ -367,7 +369,7 @@ class Function:
         y = _new(Variable)  # Variable(...) without the argument checks: ys is ours
         y._data = ys if type(ys) is np.ndarray else np.asarray(ys)
         y.name = y.grad = None
-        y._ver = y._tt = 0
+        y._ver = y._tt = y._ti = 0
         if not st.enable_backprop:
             y.creator = None
             y.generation = 0

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import weakref
 from typing import Any
 
 import numpy as np
 
+from .core import Constant
 from .fileformat import RecordInfo, TapeWriter, ValueInfo, open_tape, save_tape
 from .registry import _OPS
-from .tape import INPUT, NOT_PLAIN, OP, Tape
+from .tape import CONST, INPUT, NOT_PLAIN, OP, Tape, function_attrs, function_opname
 
 VALUE_MODES = ("all", "backward", "none")
 
@@ -39,8 +41,12 @@ def value_info(tape: Tape, i: int) -> ValueInfo:
 
 def record_info(tape: Tape, k: int) -> RecordInfo:
     _, op, attrs, ins, outs, src = tape._entry(k)
-    cls = _OPS.get(op)
-    if cls is not None:
+    return checked_record(k, op, attrs, tuple(ins), tuple(outs), src)
+
+
+def checked_record(k: int, op: str, attrs: dict, ins: tuple, outs: tuple, src: Any) -> RecordInfo:
+    """A record to save; refuses a registered op whose attributes could not be saved."""
+    if op in _OPS:
         lost = [a for a, v in attrs.items() if isinstance(v, str) and v.startswith(NOT_PLAIN)]
         if lost:
             raise TypeError(
@@ -48,7 +54,7 @@ def record_info(tape: Tape, k: int) -> RecordInfo:
                 f"not plain data, so a saved tape could not re-run this op; pass arrays to the "
                 f"op as inputs instead of keeping them on the Function"
             )
-    return RecordInfo(op, attrs, tuple(ins), tuple(outs), src)
+    return RecordInfo(op, attrs, ins, outs, src)
 
 
 def needed_for_backward(tape: Tape) -> set[int]:
@@ -124,7 +130,6 @@ def attach(tape: Tape, f: Any) -> None:
             del lst[used:]
     tape._taken = {v.name for v in f.values if v.kind == INPUT}
     tape._complete = bool(f.complete)
-    tape._stream_info.clear()
     tape.meta = dict(f.meta)
     tape.provenance = dict(f.provenance)
     tape._saved_grads = {name: None for name in f.grad_names}
@@ -132,30 +137,81 @@ def attach(tape: Tape, f: Any) -> None:
 
 
 class Stream:
-    """Writes each record of a recording tape to its file as it happens."""
+    """Writes each call of a recording tape to its file as it happens, keeping nothing in memory
+    but the bookkeeping of values still alive (a long recording's memory stays flat)."""
 
     def __init__(self, tape: Tape, path: str | os.PathLike):
         self.path = os.fspath(path)
         self.writer = TapeWriter(self.path, provenance=provenance(), meta=dict(tape.meta))
-        self.done = 0  # values already written
+        self.serial = tape._serial
+        self.nvalues = 0
+        self.nrecords = 0
+        self.wire: dict[int, int] = {}  # id -> index of values whose slot another tape owns
+        self.leaf_names: dict[int, str] = {}
         tape.provenance = None
 
-    def write(self, tape: Tape, k: int) -> None:
-        """Write the values made since the last record, then record ``k``; release their arrays
-        so that a long recording's memory stays flat."""
+    def _wire(self, x: Any, i: int) -> None:
+        if x._tt == self.serial:
+            x._ti = i
+        else:
+            self.wire[id(x)] = i
+
+    def _index(self, x: Any) -> int:
+        return x._ti if x._tt == self.serial else self.wire[id(x)]
+
+    def write(self, tape: Tape) -> None:
+        """Write the pending calls: new values first, then the record naming them."""
+        pending, ys, srcs = tape._pending, tape._pending_ys, tape._pending_src
+        tape._pending, tape._pending_ys, tape._pending_src = [], [], []
         w = self.writer
-        for i in range(self.done, len(tape._kinds)):
-            a = tape._values[i]
-            w.add_value(value_info(tape, i), a)
-            tape._stream_info[i] = (a.shape, a.dtype)
-            tape._values[i] = None
-        self.done = len(tape._kinds)
-        rec = record_info(tape, k)
-        w.add_record(rec)
-        tape._entries[k] = (None, rec.op, rec.attrs, rec.inputs, rec.outputs, rec.source)
+        j = 0
+        nodes = 0
+        for item in pending:
+            i = self.nvalues
+            if type(item) is tuple:  # a new input or constant: (variable, copied value, version)
+                x, d, ver = item
+                self._wire(x, i)
+                self.nvalues += 1
+                if isinstance(x, Constant):
+                    w.add_value(ValueInfo(f"%{i}", CONST, d.dtype.str, d.shape), d)
+                    continue
+                name = None if x.name is None else tape._leaf_name(str(x.name))
+                name = f"%{i}" if name is None else name
+                self.leaf_names[i] = name
+                tape._leaves[i] = (weakref.ref(x), ver)
+                w.add_value(ValueInfo(name, INPUT, d.dtype.str, d.shape), d)
+                continue
+            ins = tuple([self._index(x) for x in item._ins])
+            outs = []
+            for r in item._outs:
+                i = self.nvalues
+                self.nvalues += 1
+                y = r()
+                if y is not None:
+                    self._wire(y, i)
+                d = ys[j]
+                j += 1
+                w.add_value(ValueInfo(f"%{i}", OP, d.dtype.str, d.shape), d)
+                outs.append(i)
+            src = srcs[nodes] if srcs else None
+            nodes += 1
+            op = function_opname(item)
+            w.add_record(
+                checked_record(self.nrecords, op, function_attrs(item), ins, tuple(outs), src)
+            )
+            self.nrecords += 1
+
+    def grads(self, tape: Tape) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (ref, ver) in tape._leaves.items():
+            v = ref()
+            if v is not None and v._ver == ver and v.grad is not None and v.grad.data is not None:
+                out[self.leaf_names[i]] = np.asarray(v.grad.data)
+        return out
 
     def close(self, tape: Tape) -> None:
-        self.writer.close(meta=dict(tape.meta), grads=dict(tape.grads))
+        self.writer.close(meta=dict(tape.meta), grads=self.grads(tape))
+        self.wire.clear()
         attach(tape, open_tape(self.path))
 
 

@@ -144,7 +144,6 @@ class Tape:
         self._source = source
         self._file: Any = None  # a fileformat.TapeFile when loaded
         self._writer: Any = None  # a storage.Stream while streaming to a file
-        self._stream_info: dict[int, tuple] = {}  # (shape, dtype) of values already streamed out
         self._leaves: dict[int, Any] = {}  # input index -> (weakref to its Variable, version)
         self._saved_grads: dict[str, Any] = {}  # name -> array (None: still in the file)
         self._complete = True
@@ -177,7 +176,7 @@ class Tape:
         if self._source:
             self._pending_src.append(_caller())
         if self._writer is not None:
-            self._writer.write(self, len(self._entries) - 1)
+            self._writer.write(self)
 
     def _external(self, x: Variable) -> None:
         """A value made outside this tape, or changed in place since its last use: an input (a
@@ -240,8 +239,16 @@ class Tape:
                 e = entries[first + k]
                 entries[first + k] = (e[0], e[1], e[2], src)
 
+    def _not_streaming(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError(
+                f"this tape is streaming to {self._writer.path}: its records are on disk, and "
+                f"the tape reads them back when the with-block ends"
+            )
+
     @property
     def _entries(self) -> list[tuple]:
+        self._not_streaming()
         if self._pending:
             self._materialize()
         return self._e
@@ -253,6 +260,7 @@ class Tape:
 
     @property
     def _values(self) -> list[Any]:
+        self._not_streaming()
         if self._pending:
             self._materialize()
         return self._v
@@ -264,6 +272,7 @@ class Tape:
 
     @property
     def _names(self) -> list[str | None]:
+        self._not_streaming()
         if self._pending:
             self._materialize()
         return self._n
@@ -275,6 +284,7 @@ class Tape:
 
     @property
     def _kinds(self) -> list[str]:
+        self._not_streaming()
         if self._pending:
             self._materialize()
         return self._k
@@ -317,8 +327,6 @@ class Tape:
         a = self._values[i]
         if a is not None:
             return a.shape, a.dtype
-        if i in self._stream_info:
-            return self._stream_info[i]
         info = self._file.values[i]
         return tuple(info.shape), np.dtype(info.dtype)
 

@@ -667,9 +667,14 @@ def _self_check(model: type[BaseModel], body: bytes, where: str) -> None:
 
 
 def _write_all(fd: int, parts: list) -> None:
-    """Write ``parts`` with one writev; continue after a short write (a signal, or > 2 GiB)."""
+    """Write ``parts`` with one system call (writev; one joined write where there is no writev);
+    continue after a short write (a signal, or more than 2 GiB)."""
     total = sum(map(len, parts))
-    done = os.writev(fd, parts)
+    if hasattr(os, "writev"):
+        done = os.writev(fd, parts)
+    else:  # pragma: no cover - Windows
+        parts = [b"".join(parts)]
+        done = os.write(fd, parts[0])
     if done == total:
         return
     for part in parts:
@@ -981,14 +986,26 @@ class _Batcher:
             sink.flush()
             crc = _crc32(tail, result[0])
             head = _frame_head(self.kind, self.seq, len(packed), _align(nbytes), body_crc, crc)
-            if os.pwrite(sink.fd, head, pos) != len(head):
-                raise OSError(errno.EIO, "short write of a frame header")
+            _write_at(sink.fd, head, pos)
         self.seq += 1
 
 
+def _write_at(fd: int, data: bytes, pos: int) -> None:
+    if hasattr(os, "pwrite"):
+        written = os.pwrite(fd, data, pos)
+    else:  # pragma: no cover - Windows
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, pos, os.SEEK_SET)
+        written = os.write(fd, data)
+        os.lseek(fd, end, os.SEEK_SET)
+    if written != len(data):
+        raise OSError(errno.EIO, "short write of a frame header")
+
+
 def _is_stale_temporary(name: str, prefix: str) -> bool:
-    """Whether ``name`` is a temporary of ``save_tape`` for this target whose process is gone."""
-    if not name.startswith(prefix):
+    """Whether ``name`` is a temporary of ``save_tape`` for this target whose process is gone.
+    (Where processes cannot be probed without harm, on Windows, none is.)"""
+    if not name.startswith(prefix) or os.name != "posix":
         return False
     pid = name[len(prefix) :].partition("-")[0]
     if not pid.isdigit():

@@ -310,20 +310,20 @@ class Function:
     Built-in ops implement ``vjp`` instead (see ``tapegrad.ops``).
     """
 
+    # Per-call state lives in slots (a built-in op's instance has no __dict__: a recorded call
+    # costs about 100 bytes, not 300). A user's subclass gets a __dict__ as usual.
+    __slots__ = ("generation", "_seq", "_ins", "_outs", "_latest", "_ometa", "__weakref__")
+    # generation: DeZero's; _seq: this call's sequence number (0: not called yet); _ins/_outs:
+    # this call's own graph links (``inputs``/``outputs`` show the same, except on an instance
+    # called again: those then describe the latest call, kept in _latest); _ometa: (shape,
+    # dtype) of each output, for calls with several outputs.
     op: str | None = None  # registered op name (set by register_op)
     _registered = False
-    generation = 0
-    _seq = 0  # this call's sequence number (0: not called yet)
-    _ometa: Any = None  # (shape, dtype) of each output, for calls with several outputs
-    # This call's own graph links. ``inputs``/``outputs`` show the same, except on an instance
-    # called again: those then describe the latest call, while each record keeps its own here.
-    _ins: Any = None
-    _outs: Any = None
-    _latest: Any = None
 
     @property
     def inputs(self) -> Any:
-        return self._ins if self._latest is None else self._latest[0]
+        latest = getattr(self, "_latest", None)
+        return getattr(self, "_ins", None) if latest is None else latest[0]
 
     @inputs.setter
     def inputs(self, value: Any) -> None:
@@ -332,7 +332,8 @@ class Function:
 
     @property
     def outputs(self) -> Any:
-        return self._outs if self._latest is None else self._latest[1]
+        latest = getattr(self, "_latest", None)
+        return getattr(self, "_outs", None) if latest is None else latest[1]
 
     @outputs.setter
     def outputs(self, value: Any) -> None:
@@ -342,7 +343,11 @@ class Function:
     def __call__(self, *inputs: Any):
         st = _state.get()
         node = self
-        if self._seq:
+        try:
+            called = self._seq  # built-in ops set it to 0 in __init__
+        except AttributeError:  # a user's Function whose __init__ does not call ours
+            called = 0
+        if called:
             # A second call of the same instance: it gets a record of its own, so the first
             # call's backward keeps seeing the first call's inputs and state.
             node = copy.copy(self)
@@ -519,7 +524,7 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
             ins = f._ins
             if f.vjp is None:
                 g = f
-                if f._latest is not None:  # a reused instance: show backward this call's links
+                if getattr(f, "_latest", None) is not None:  # reused: show this call's links
                     g = copy.copy(f)
                     g.inputs, g.outputs = f._ins, f._outs
                 gxs = _call_backward(g, gys, create_graph)

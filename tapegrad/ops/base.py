@@ -22,8 +22,12 @@ from ..registry import _OPS
 
 
 class Op(Function):
+    __slots__ = ()  # each op declares its attributes as slots: no per-call __dict__
     attr_names: tuple[str, ...] = ()
     needs_y = False
+
+    def __init__(self) -> None:
+        self._seq = 0
 
     def attrs(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.attr_names}

@@ -13,6 +13,8 @@ from .base import Op
 
 
 class _Compare(Op):
+    __slots__ = ()
+
     def vjp(self, gy, xs, y):
         """not differentiable"""
         return (None,) * len(xs)
@@ -20,30 +22,40 @@ class _Compare(Op):
 
 @register_op("less")
 class Less(_Compare):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.less(x0, x1)
 
 
 @register_op("less_equal")
 class LessEqual(_Compare):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.less_equal(x0, x1)
 
 
 @register_op("greater")
 class Greater(_Compare):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.greater(x0, x1)
 
 
 @register_op("greater_equal")
 class GreaterEqual(_Compare):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.greater_equal(x0, x1)
 
 
 @register_op("guard")
 class Guard(_Compare):
+    __slots__ = ()
+
     def forward(self, x):
         if x.size != 1:
             raise ValueError(

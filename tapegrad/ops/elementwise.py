@@ -25,6 +25,8 @@ def _to_shapes(gx0, gx1, xs):
 
 @register_op("add")
 class Add(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return x0 + x1
 
@@ -35,6 +37,8 @@ class Add(Op):
 
 @register_op("sub")
 class Sub(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return x0 - x1
 
@@ -45,6 +49,8 @@ class Sub(Op):
 
 @register_op("mul")
 class Mul(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return x0 * x1
 
@@ -56,6 +62,8 @@ class Mul(Op):
 
 @register_op("div")
 class Div(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return x0 / x1
 
@@ -67,6 +75,8 @@ class Div(Op):
 
 @register_op("neg")
 class Neg(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return -x
 
@@ -78,8 +88,10 @@ class Neg(Op):
 @register_op("pow")
 class Pow(Op):
     attr_names = ("c",)
+    __slots__ = attr_names
 
     def __init__(self, c):
+        self._seq = 0
         self.c = c
 
     def forward(self, x):
@@ -94,6 +106,8 @@ class Pow(Op):
 
 @register_op("square")
 class Square(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return x**2
 
@@ -104,6 +118,8 @@ class Square(Op):
 
 @register_op("sqrt")
 class Sqrt(Op):
+    __slots__ = ()
+
     needs_y = True
 
     def forward(self, x):
@@ -116,6 +132,8 @@ class Sqrt(Op):
 
 @register_op("exp")
 class Exp(Op):
+    __slots__ = ()
+
     needs_y = True
 
     def forward(self, x):
@@ -128,6 +146,8 @@ class Exp(Op):
 
 @register_op("log")
 class Log(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return np.log(x)
 
@@ -138,6 +158,8 @@ class Log(Op):
 
 @register_op("sin")
 class Sin(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return np.sin(x)
 
@@ -148,6 +170,8 @@ class Sin(Op):
 
 @register_op("cos")
 class Cos(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return np.cos(x)
 
@@ -158,6 +182,8 @@ class Cos(Op):
 
 @register_op("tanh")
 class Tanh(Op):
+    __slots__ = ()
+
     needs_y = True
 
     def forward(self, x):
@@ -170,6 +196,8 @@ class Tanh(Op):
 
 @register_op("abs")
 class Abs(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return np.abs(x)
 
@@ -181,6 +209,8 @@ class Abs(Op):
 
 @register_op("sigmoid")
 class Sigmoid(Op):
+    __slots__ = ()
+
     needs_y = True
 
     def forward(self, x):
@@ -193,6 +223,8 @@ class Sigmoid(Op):
 
 @register_op("relu")
 class ReLU(Op):
+    __slots__ = ()
+
     def forward(self, x):
         return np.maximum(x, 0.0)
 
@@ -204,8 +236,10 @@ class ReLU(Op):
 @register_op("leaky_relu")
 class LeakyReLU(Op):
     attr_names = ("slope",)
+    __slots__ = attr_names
 
     def __init__(self, slope=0.2):
+        self._seq = 0
         self.slope = slope
 
     def forward(self, x):
@@ -224,8 +258,10 @@ class LeakyReLU(Op):
 @register_op("clip")
 class Clip(Op):
     attr_names = ("x_min", "x_max")
+    __slots__ = attr_names
 
     def __init__(self, x_min, x_max):
+        self._seq = 0
         self.x_min = x_min
         self.x_max = x_max
 
@@ -245,6 +281,8 @@ def _tie_split(x0, x1, dtype):
 
 @register_op("maximum")
 class Maximum(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.maximum(x0, x1)
 
@@ -257,6 +295,8 @@ class Maximum(Op):
 
 @register_op("minimum")
 class Minimum(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         return np.minimum(x0, x1)
 
@@ -269,6 +309,8 @@ class Minimum(Op):
 
 @register_op("where")
 class Where(Op):
+    __slots__ = ()
+
     def forward(self, cond, x0, x1):
         return np.where(cond, x0, x1)
 
@@ -286,8 +328,10 @@ class Dropout(Op):
     """y = x * mask / (1 - ratio); the mask is an input so a replay reuses the recorded draw."""
 
     attr_names = ("ratio",)
+    __slots__ = attr_names
 
     def __init__(self, ratio=0.5):
+        self._seq = 0
         self.ratio = ratio
 
     def forward(self, x, mask):

@@ -24,6 +24,8 @@ def _matmul_vjp(gy, a, b):
 
 @register_op("matmul")
 class MatMul(Op):
+    __slots__ = ()
+
     def forward(self, a, b):
         return a @ b
 
@@ -35,6 +37,8 @@ class MatMul(Op):
 @register_op("linear")
 class Linear(Op):
     """y = x @ W (+ b); two or three inputs."""
+
+    __slots__ = ()
 
     def forward(self, x, W, b=None):
         y = x.dot(W)

@@ -15,6 +15,8 @@ from .base import Op, value, xp
 
 @register_op("mean_squared_error")
 class MeanSquaredError(Op):
+    __slots__ = ()
+
     def forward(self, x0, x1):
         diff = x0 - x1
         return (diff**2).sum() / len(diff)
@@ -36,6 +38,8 @@ def _log_softmax_rows(x):
 @register_op("softmax_cross_entropy")
 class SoftmaxCrossEntropy(Op):
     """Mean over the batch of -log softmax(x)[i, t[i]]; t holds class indices."""
+
+    __slots__ = ()
 
     def forward(self, x, t):
         n = x.shape[0]
@@ -84,8 +88,10 @@ class BatchNorm(Op):
     """
 
     attr_names = ("eps", "train")
+    __slots__ = attr_names
 
     def __init__(self, eps=2e-5, train=True):
+        self._seq = 0
         self.eps = float(eps)
         self.train = bool(train)
 

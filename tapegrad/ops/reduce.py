@@ -26,8 +26,10 @@ def _spread(gy, x_shape, axis, keepdims):
 @register_op("sum")
 class Sum(Op):
     attr_names = ("axis", "keepdims")
+    __slots__ = attr_names
 
     def __init__(self, axis=None, keepdims=False):
+        self._seq = 0
         self.axis = _axis(axis)
         self.keepdims = bool(keepdims)
 
@@ -42,8 +44,10 @@ class Sum(Op):
 @register_op("mean")
 class Mean(Op):
     attr_names = ("axis", "keepdims")
+    __slots__ = attr_names
 
     def __init__(self, axis=None, keepdims=False):
+        self._seq = 0
         self.axis = _axis(axis)
         self.keepdims = bool(keepdims)
 
@@ -61,10 +65,12 @@ class Mean(Op):
 @register_op("max")
 class Max(Op):
     attr_names = ("axis", "keepdims")
+    __slots__ = attr_names
     needs_y = True
     _reduce = staticmethod(np.max)
 
     def __init__(self, axis=None, keepdims=False):
+        self._seq = 0
         self.axis = _axis(axis)
         self.keepdims = bool(keepdims)
 
@@ -82,14 +88,18 @@ class Max(Op):
 
 @register_op("min")
 class Min(Max):
+    __slots__ = ()
+
     _reduce = staticmethod(np.min)
 
 
 @register_op("sum_to")
 class SumTo(Op):
     attr_names = ("shape",)
+    __slots__ = attr_names
 
     def __init__(self, shape):
+        self._seq = 0
         self.shape = tuple(shape)
 
     def forward(self, x):
@@ -103,9 +113,11 @@ class SumTo(Op):
 @register_op("logsumexp")
 class LogSumExp(Op):
     attr_names = ("axis", "keepdims")
+    __slots__ = attr_names
     needs_y = True
 
     def __init__(self, axis=None, keepdims=False):
+        self._seq = 0
         self.axis = _axis(axis)
         self.keepdims = bool(keepdims)
 
@@ -126,9 +138,11 @@ class LogSumExp(Op):
 @register_op("softmax")
 class Softmax(Op):
     attr_names = ("axis",)
+    __slots__ = attr_names
     needs_y = True
 
     def __init__(self, axis=1):
+        self._seq = 0
         self.axis = _axis(axis)
 
     def forward(self, x):
@@ -146,9 +160,11 @@ class Softmax(Op):
 @register_op("log_softmax")
 class LogSoftmax(Op):
     attr_names = ("axis",)
+    __slots__ = attr_names
     needs_y = True
 
     def __init__(self, axis=1):
+        self._seq = 0
         self.axis = _axis(axis)
 
     def forward(self, x):

@@ -12,8 +12,10 @@ from .base import Op, decode_index, encode_index, value, xp
 @register_op("reshape")
 class Reshape(Op):
     attr_names = ("shape",)
+    __slots__ = attr_names
 
     def __init__(self, shape):
+        self._seq = 0
         self.shape = tuple(int(s) for s in shape)
 
     def forward(self, x):
@@ -27,8 +29,10 @@ class Reshape(Op):
 @register_op("transpose")
 class Transpose(Op):
     attr_names = ("axes",)
+    __slots__ = attr_names
 
     def __init__(self, axes=None):
+        self._seq = 0
         self.axes = None if axes is None else tuple(int(a) for a in axes)
 
     def forward(self, x):
@@ -46,8 +50,10 @@ class Transpose(Op):
 @register_op("broadcast_to")
 class BroadcastTo(Op):
     attr_names = ("shape",)
+    __slots__ = attr_names
 
     def __init__(self, shape):
+        self._seq = 0
         self.shape = tuple(int(s) for s in shape)
 
     def forward(self, x):
@@ -63,8 +69,10 @@ class GetItem(Op):
     """y = x[index]; integer/boolean index arrays are extra (constant) inputs."""
 
     attr_names = ("index",)
+    __slots__ = attr_names
 
     def __init__(self, index):
+        self._seq = 0
         self.index = index
 
     @classmethod
@@ -95,8 +103,10 @@ class GetItemGrad(Op):
     """The adjoint of get_item: zeros of ``in_shape`` with gy added at ``index``."""
 
     attr_names = ("index", "in_shape")
+    __slots__ = attr_names
 
     def __init__(self, index, in_shape):
+        self._seq = 0
         self.index = index
         self.in_shape = tuple(int(s) for s in in_shape)
 
@@ -123,8 +133,10 @@ def _axis_slices(ndim, axis, sizes):
 @register_op("concatenate")
 class Concatenate(Op):
     attr_names = ("axis",)
+    __slots__ = attr_names
 
     def __init__(self, axis=0):
+        self._seq = 0
         self.axis = int(axis)
 
     def forward(self, *xs):
@@ -139,8 +151,10 @@ class Concatenate(Op):
 @register_op("stack")
 class Stack(Op):
     attr_names = ("axis",)
+    __slots__ = attr_names
 
     def __init__(self, axis=0):
+        self._seq = 0
         self.axis = int(axis)
 
     def forward(self, *xs):

@@ -427,6 +427,7 @@ class Function:
     # vjp(gy, xs, y) -> tuple of gx: defined by built-in ops; None here means "use backward".
     vjp = None
     needs_y = True  # does vjp read the output value?
+    uses_need = False  # does vjp take the tuple of inputs needing a gradient? (see ops.base)
 
     def _opname(self) -> str:
         return self.op or type(self).__name__
@@ -528,6 +529,13 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                     g = copy.copy(f)
                     g.inputs, g.outputs = f._ins, f._outs
                 gxs = _call_backward(g, gys, create_graph)
+            elif f.uses_need:
+                need = tuple([x.__class__ not in _CONSTANTS for x in ins])
+                if create_graph:
+                    gxs = f.vjp(gys[0], ins, outs[0] if f.needs_y else None, need)
+                else:
+                    xs = [x._data for x in ins]
+                    gxs = f.vjp(gys[0], xs, outs[0]._data if f.needs_y else None, need)
             elif create_graph:
                 gxs = f.vjp(gys[0], ins, outs[0] if f.needs_y else None)
             elif len(ins) == 1:

@@ -99,6 +99,9 @@ def backward(
         xs = [tape._value(i) for i in ins]
         if f.vjp is None:
             gxs = _user_vjp(f, gys, xs, [tape._value(i) for i in outs])
+        elif f.uses_need:
+            need = tuple([kinds[i] != CONST for i in ins])
+            gxs = f.vjp(gys[0], xs, tape._value(outs[0]) if f.needs_y else None, need)
         else:
             gxs = f.vjp(gys[0], xs, tape._value(outs[0]) if f.needs_y else None)
         if visit is not None:

@@ -25,6 +25,9 @@ class Op(Function):
     __slots__ = ()  # each op declares its attributes as slots: no per-call __dict__
     attr_names: tuple[str, ...] = ()
     needs_y = False
+    # uses_need: vjp takes a 4th argument, a tuple saying which inputs need a gradient (those
+    # that are not constants), so it can skip work such as a matmul for the data input.
+    uses_need = False
 
     def __init__(self) -> None:
         self._seq = 0

@@ -29,9 +29,17 @@ class MatMul(Op):
     def forward(self, a, b):
         return a @ b
 
-    def vjp(self, gy, xs, y):
+    uses_need = True
+
+    def vjp(self, gy, xs, y, need=(True, True)):
         """d (a @ b) = (gy @ b.T, a.T @ gy)"""
-        return _matmul_vjp(gy, xs[0], xs[1])
+        a, b = xs
+        if (need[0] and need[1]) or a.ndim < 2 or b.ndim < 2:
+            ga, gb = _matmul_vjp(gy, a, b)
+        else:  # one side is data (a constant): compute only the other side's product
+            ga = xp.sum_to(xp.matmul(gy, xp.swap_last(b)), a.shape) if need[0] else None
+            gb = xp.sum_to(xp.matmul(xp.swap_last(a), gy), b.shape) if need[1] else None
+        return (ga if need[0] else None), (gb if need[1] else None)
 
 
 @register_op("linear")
@@ -46,10 +54,12 @@ class Linear(Op):
             y += b
         return y
 
-    def vjp(self, gy, xs, y):
+    uses_need = True
+
+    def vjp(self, gy, xs, y, need=(True, True, True)):
         """d (x @ W + b) = (gy @ W.T, x.T @ gy, sum_to(gy, b.shape))"""
         x, W = xs[0], xs[1]
-        gx = xp.matmul(gy, xp.transpose(W))
+        gx = xp.matmul(gy, xp.transpose(W)) if need[0] else None  # data x needs no gradient
         # x of any rank (forward allows (..., n) @ (n, m)): gW sums over all leading axes.
         # For the usual 2-D x both reshapes are no-ops (DeZero's arithmetic).
         n, m = W.shape

@@ -46,7 +46,7 @@ def record_info(tape: Tape, k: int) -> RecordInfo:
 
 def checked_record(k: int, op: str, attrs: dict, ins: tuple, outs: tuple, src: Any) -> RecordInfo:
     """A record to save; refuses a registered op whose attributes could not be saved."""
-    if op in _OPS:
+    if attrs and op in _OPS:
         lost = [a for a, v in attrs.items() if isinstance(v, str) and v.startswith(NOT_PLAIN)]
         if lost:
             raise TypeError(
@@ -85,10 +85,19 @@ def save(tape: Tape, path: str | os.PathLike, values: str = "all") -> None:
         else ()
     )
     keep = set(keep)
+    names, kinds, arrays = tape._names, tape._kinds, tape._values
     vals = []
-    for i in range(len(tape._kinds)):
-        arr = tape._value(i) if i in keep and tape._has_value(i) else None
-        vals.append((value_info(tape, i), arr))
+    for i, kind in enumerate(kinds):
+        a = arrays[i]
+        if a is None:  # still in the file of a loaded tape
+            a = tape._value(i) if i in keep and tape._has_value(i) else None
+            shape, dtype = tape._shape_dtype(i)
+        else:
+            shape, dtype = a.shape, a.dtype
+            if i not in keep:
+                a = None
+        name = names[i]
+        vals.append((ValueInfo(f"%{i}" if name is None else name, kind, dtype.str, shape), a))
     recs = [record_info(tape, k) for k in range(len(tape._entries))]
     prov = dict(tape.provenance) if tape.provenance else provenance()
     folder = os.path.dirname(os.path.abspath(path))
@@ -119,9 +128,7 @@ def attach(tape: Tape, f: Any) -> None:
     tape._values = [None] * n
     tape._names = [v.name for v in f.values]
     tape._kinds = [v.kind for v in f.values]
-    tape._entries = [
-        (None, r.op, dict(r.attrs), tuple(r.inputs), tuple(r.outputs), r.source) for r in f.records
-    ]
+    tape._entries = [(None, r.op, r.attrs, r.inputs, r.outputs, r.source) for r in f.records]
     if not f.complete:
         # A recovered prefix: values written for the call that was cut off (its new inputs and
         # any outputs) belong to no complete record; they come after every value the records use.

@@ -94,9 +94,11 @@ def function_attrs(fn: Any) -> dict[str, Any]:
     An attribute that is not plain data (an ndarray a user's forward kept on ``self``) is shown
     and saved as a ``"<not plain data: ...>"`` marker: the live Function still has it, but an
     offline replay of that record refuses to run without it."""
-    attrs = getattr(fn, "attrs", None)
-    if callable(attrs):
-        raw = attrs()
+    names = getattr(type(fn), "attr_names", None)
+    if names is not None:  # a built-in op: its attributes are declared
+        if not names:
+            return {}
+        raw = {k: getattr(fn, k) for k in names}
     else:  # a user Function: its instance attributes, minus graph links and private state
         raw = {
             k: v for k, v in vars(fn).items() if k not in _FUNCTION_STATE and not k.startswith("_")
@@ -147,7 +149,8 @@ class Tape:
         self._leaves: dict[int, Any] = {}  # input index -> (weakref to its Variable, version)
         self._saved_grads: dict[str, Any] = {}  # name -> array (None: still in the file)
         self._complete = True
-        self._view: tuple | None = None  # cached derived data: (sizes, records, index)
+        self._view: tuple | None = None  # cached derived data: (sizes, records)
+        self._names_cache: tuple | None = None  # (count, names list, name -> index)
         self.meta: dict[str, Any] = dict(meta or {})
         self.provenance: dict[str, Any] | None = None
 
@@ -330,8 +333,23 @@ class Tape:
         info = self._file.values[i]
         return tuple(info.shape), np.dtype(info.dtype)
 
+    def _name_index(self) -> dict[str, int]:
+        """name -> value number, rebuilt only when values were added."""
+        if self._pending:
+            self._materialize()
+        cached = self._names_cache
+        if cached is None or cached[0] != len(self._n) or cached[1] is not self._n:
+            names = self._n
+            cached = (
+                len(names),
+                names,
+                {(n if n is not None else f"%{i}"): i for i, n in enumerate(names)},
+            )
+            self._names_cache = cached
+        return cached[2]
+
     def _index_of(self, name: str) -> int:
-        index = self._derived()[2]
+        index = self._name_index()
         try:
             return index[name]
         except KeyError:
@@ -349,7 +367,7 @@ class Tape:
         return a
 
     def __contains__(self, name: object) -> bool:
-        return name in self._derived()[2]
+        return name in self._name_index()
 
     @property
     def value_names(self) -> list[str]:
@@ -380,8 +398,7 @@ class Tape:
                         src,
                     )
                 )
-            index = {self.name_of(i): i for i in range(nv)}
-            self._view = ((n, nv), records, index)
+            self._view = ((n, nv), records)
         return self._view
 
     @property

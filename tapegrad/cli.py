@@ -75,7 +75,7 @@ def _progress(total: int, desc: str) -> Callable[[], None] | None:
     except ImportError:
         return None
 
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, delay=0.5)
     return lambda: bar.update(1)
 
 
@@ -159,7 +159,7 @@ def _sig(tape, name: str) -> dict[str, Any]:
 def cmd_grad(a: argparse.Namespace) -> int:
     _import_modules(a.import_)
     tape = _open(a.file)
-    grads = tape.backward(of=a.of)
+    grads = tape.backward(of=a.of, progress=_progress(len(tape), "backward"))
     if a.output:
         _save_npz(a.output, grads)
     if a.json:
@@ -198,7 +198,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             inputs = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read inputs from {a.inputs}: {e}") from None
-    new = tape.replay(inputs, strict=not a.no_strict)
+    new = tape.replay(inputs, strict=not a.no_strict, progress=_progress(len(tape), "replay"))
     new.save(a.output)
     outs = ", ".join(f"{n} = {_brief(new[n])}" for n in new.outputs)
     _out(f"replayed {len(new)} records with {', '.join(inputs) or 'no'} replaced; wrote {a.output}")

@@ -66,7 +66,7 @@ def _resolve_output(tape: Tape, of: str | None) -> int:
 
 
 def backward(
-    tape: Tape, of: str | None = None, grad: Any = None, visit: Any = None
+    tape: Tape, of: str | None = None, grad: Any = None, visit: Any = None, progress: Any = None
 ) -> dict[str, np.ndarray]:
     """d(output ``of``)/d(input) for every input of ``tape``, with cotangent ``grad`` (default ones).
 
@@ -85,6 +85,8 @@ def backward(
     grads: dict[int, Any] = {o: seed}
     kinds = tape._kinds
     for k in range(len(tape._entries) - 1, -1, -1):
+        if progress is not None:
+            progress()
         fn, op, attrs, ins, outs, _ = tape._entry(k)
         if not any(i in grads for i in outs):
             continue
@@ -143,7 +145,7 @@ def rebuild(tape: Tape, inputs: dict[str, Any] | None = None) -> dict[str, Varia
     return {tape.name_of(i): v for i, v in enumerate(vs)}
 
 
-def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True) -> Tape:
+def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True, progress: Any = None) -> Tape:
     """Re-run ``tape`` with some inputs replaced; constants (dropout masks too) are reused.
 
     Raises ``GuardError`` when a recorded comparison or branch guard gives another result, since the
@@ -173,6 +175,8 @@ def replay(tape: Tape, inputs: dict[str, Any], strict: bool = True) -> Tape:
             vals[i] = tape._value(i)
     with no_grad():
         for k in range(len(tape._entries)):
+            if progress is not None:
+                progress()
             fn, op, attrs, ins, outs, src = tape._entry(k)
             f = _op_instance(None if fn is None else copy.copy(fn), op, attrs)
             xs = [vals[i] for i in ins]

@@ -488,17 +488,24 @@ class Tape:
         )
 
     # -- offline computation -------------------------------------------------------------------
-    def backward(self, of: str | None = None, grad: Any = None) -> dict[str, np.ndarray]:
-        """Gradients of every input, replayed from the tape alone (see ``tapegrad.interpret``)."""
+    def backward(
+        self, of: str | None = None, grad: Any = None, progress: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Gradients of every input, replayed from the tape alone (see ``tapegrad.interpret``).
+
+        ``of`` names the output (default: the only one), ``grad`` is its cotangent (default
+        ones); ``progress``, if given, is called once per record."""
         from .interpret import backward
 
-        return backward(self, of, grad)
+        return backward(self, of, grad, progress=progress)
 
-    def replay(self, inputs: dict[str, Any], strict: bool = True) -> "Tape":
-        """Re-run every record with new input values; returns the new tape."""
+    def replay(self, inputs: dict[str, Any], strict: bool = True, progress: Any = None) -> "Tape":
+        """Re-run every record with new input values; returns the new tape.
+
+        A recorded branch guard that changes raises ``GuardError`` (``strict=False``: warns)."""
         from .interpret import replay
 
-        return replay(self, inputs, strict=strict)
+        return replay(self, inputs, strict=strict, progress=progress)
 
     # -- analysis (see tapegrad.analysis) ----------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -335,6 +335,16 @@ def _add(sub, name: str, func, help: str, example: str, description: str | None 
     return p
 
 
+def _add_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--import",
+        dest="import_",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first (it registers ops the tape uses)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="tapegrad",
@@ -378,13 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--of", help="the output to differentiate (default: the only output)")
     s.add_argument("-o", "--output", help="save the gradients to an .npz, keyed by input name")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument(
-        "--import",
-        dest="import_",
-        action="append",
-        metavar="MODULE",
-        help="import MODULE first (it registers ops the tape uses)",
-    )
+    _add_import(s)
 
     s = _add(
         sub,
@@ -401,13 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="warn instead of failing when a recorded branch guard changes",
     )
-    s.add_argument(
-        "--import",
-        dest="import_",
-        action="append",
-        metavar="MODULE",
-        help="import MODULE first (it registers ops the tape uses)",
-    )
+    _add_import(s)
 
     s = _add(
         sub,
@@ -422,13 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtol", type=float, help="tolerance on the relative error")
     s.add_argument("--eps", type=float, help="finite-difference step")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument(
-        "--import",
-        dest="import_",
-        action="append",
-        metavar="MODULE",
-        help="import MODULE first (it registers ops the tape uses)",
-    )
+    _add_import(s)
 
     s = _add(
         sub,
@@ -440,13 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--of", help="the output whose backward pass to search")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument(
-        "--import",
-        dest="import_",
-        action="append",
-        metavar="MODULE",
-        help="import MODULE first (it registers ops the tape uses)",
-    )
+    _add_import(s)
 
     s = _add(
         sub,

@@ -426,6 +426,7 @@ class Function:
 
     # vjp(gy, xs, y) -> tuple of gx: defined by built-in ops; None here means "use backward".
     vjp = None
+    _rule = False  # True for built-in ops, whose vjp(gy, xs, y) is the derivative rule
     needs_y = True  # does vjp read the output value?
     uses_need = False  # does vjp take the tuple of inputs needing a gradient? (see ops.base)
 
@@ -482,6 +483,32 @@ def _zeros_for(f: Function, i: int, create_graph: bool):
     return Variable(z) if create_graph else z
 
 
+def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph: bool) -> tuple:
+    """One step of backward for a user Function or a call with several outputs."""
+    outs = [r() for r in f._outs]
+    gys = []
+    for i, y in enumerate(outs):
+        g = None if y is None else grads.pop(id(y), None)
+        if g is None:
+            g = _zeros_for(f, i, create_graph)
+        elif retain_grad:
+            y.grad = _wrap(g)
+        gys.append(g)
+    ins = f._ins
+    if not f._rule:
+        h = f
+        if getattr(f, "_latest", None) is not None:  # reused: show this call's links
+            h = copy.copy(f)
+            h.inputs, h.outputs = f._ins, f._outs
+        return _call_backward(h, gys, create_graph)
+    xs = ins if create_graph else [x._data for x in ins]
+    y = outs[0] if create_graph or outs[0] is None else outs[0]._data
+    y = y if f.needs_y else None
+    if f.uses_need:
+        return f.vjp(gys[0], xs, y, tuple([x.__class__ not in _CONSTANTS for x in ins]))
+    return f.vjp(gys[0], xs, y)
+
+
 def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
     if root.grad is None:
         seed = np.ones_like(root.data)
@@ -503,45 +530,27 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
         pop, push = heapq.heappop, heapq.heappush
         while heap:
             f = waiting.pop(-pop(heap))
-            if len(f._outs) == 1:
-                y = f._outs[0]()
-                outs = [y]
+            ins = f._ins
+            refs = f._outs
+            if len(refs) == 1 and f._rule:  # the common case: a built-in op, one output
+                y = refs[0]()
                 g = None if y is None else grads.pop(id(y), None)
                 if g is None:
                     g = _zeros_for(f, 0, create_graph)
                 elif retain_grad:
                     y.grad = _wrap(g)
-                gys = [g]
-            else:
-                outs = [r() for r in f._outs]
-                gys = []
-                for i, y in enumerate(outs):
-                    g = None if y is None else grads.pop(id(y), None)
-                    if g is None:
-                        g = _zeros_for(f, i, create_graph)
-                    elif retain_grad:
-                        y.grad = _wrap(g)
-                    gys.append(g)
-            ins = f._ins
-            if f.vjp is None:
-                g = f
-                if getattr(f, "_latest", None) is not None:  # reused: show this call's links
-                    g = copy.copy(f)
-                    g.inputs, g.outputs = f._ins, f._outs
-                gxs = _call_backward(g, gys, create_graph)
-            elif f.uses_need:
-                need = tuple([x.__class__ not in _CONSTANTS for x in ins])
                 if create_graph:
-                    gxs = f.vjp(gys[0], ins, outs[0] if f.needs_y else None, need)
+                    yv = y if f.needs_y else None
+                    xs = ins
                 else:
-                    xs = [x._data for x in ins]
-                    gxs = f.vjp(gys[0], xs, outs[0]._data if f.needs_y else None, need)
-            elif create_graph:
-                gxs = f.vjp(gys[0], ins, outs[0] if f.needs_y else None)
-            elif len(ins) == 1:
-                gxs = f.vjp(gys[0], (ins[0]._data,), outs[0]._data if f.needs_y else None)
+                    yv = y._data if f.needs_y else None
+                    xs = (ins[0]._data,) if len(ins) == 1 else [x._data for x in ins]
+                if f.uses_need:
+                    gxs = f.vjp(g, xs, yv, tuple([x.__class__ not in _CONSTANTS for x in ins]))
+                else:
+                    gxs = f.vjp(g, xs, yv)
             else:
-                gxs = f.vjp(gys[0], [x._data for x in ins], outs[0]._data if f.needs_y else None)
+                gxs = _backward_general(f, grads, retain_grad, create_graph)
             for x, gx in zip(ins, gxs):
                 if gx is None or x.__class__ in _CONSTANTS:
                     continue
@@ -551,9 +560,11 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                 c = x.creator
                 if c is None:
                     leaves[k] = x
-                elif c._seq not in waiting:
-                    waiting[c._seq] = c
-                    push(heap, -c._seq)
+                else:
+                    seq = c._seq
+                    if seq not in waiting:
+                        waiting[seq] = c
+                        push(heap, -seq)
         if not retain_grad:
             root.grad = None
         for k, x in leaves.items():

@@ -24,6 +24,7 @@ from ..registry import _OPS
 class Op(Function):
     __slots__ = ()  # each op declares its attributes as slots: no per-call __dict__
     attr_names: tuple[str, ...] = ()
+    _rule = True
     needs_y = False
     # uses_need: vjp takes a 4th argument, a tuple saying which inputs need a gradient (those
     # that are not constants), so it can skip work such as a matmul for the data input.

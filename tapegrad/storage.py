@@ -34,11 +34,6 @@ def provenance() -> dict[str, str]:
     }
 
 
-def value_info(tape: Tape, i: int) -> ValueInfo:
-    shape, dtype = tape._shape_dtype(i)
-    return ValueInfo(tape.name_of(i), tape._kinds[i], dtype.str, tuple(int(s) for s in shape))
-
-
 def record_info(tape: Tape, k: int) -> RecordInfo:
     _, op, attrs, ins, outs, src = tape._entry(k)
     return checked_record(k, op, attrs, tuple(ins), tuple(outs), src)

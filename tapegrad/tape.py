@@ -317,8 +317,11 @@ class Tape:
     def _value(self, i: int) -> np.ndarray:
         a = self._values[i]
         if a is None:
-            if self._file is None:
-                raise KeyError(f"value {self.name_of(i)!r} was not saved with this tape")
+            if self._file is None or not self._file.has_array(i):
+                raise KeyError(
+                    f"value {self.name_of(i)!r} was not saved with this tape (it was saved with "
+                    f"values='backward' or 'none')"
+                )
             a = self._file.array(i)
             self._values[i] = a
         return a

@@ -26,6 +26,9 @@ class Op(Function):
     attr_names: tuple[str, ...] = ()
     _rule = True
     needs_y = False
+    # needs_x = False: the rule reads only its inputs' shapes and dtypes, so a tape saved with
+    # values="backward" may leave those values out.
+    needs_x = True
     # uses_need: vjp takes a 4th argument, a tuple saying which inputs need a gradient (those
     # that are not constants), so it can skip work such as a matmul for the data input.
     uses_need = False

@@ -25,6 +25,7 @@ def _to_shapes(gx0, gx1, xs):
 
 @register_op("add")
 class Add(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -37,6 +38,7 @@ class Add(Op):
 
 @register_op("sub")
 class Sub(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -75,6 +77,7 @@ class Div(Op):
 
 @register_op("neg")
 class Neg(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     def forward(self, x):
@@ -118,6 +121,7 @@ class Square(Op):
 
 @register_op("sqrt")
 class Sqrt(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     needs_y = True
@@ -132,6 +136,7 @@ class Sqrt(Op):
 
 @register_op("exp")
 class Exp(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     needs_y = True
@@ -182,6 +187,7 @@ class Cos(Op):
 
 @register_op("tanh")
 class Tanh(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     needs_y = True
@@ -209,6 +215,7 @@ class Abs(Op):
 
 @register_op("sigmoid")
 class Sigmoid(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
     needs_y = True
@@ -327,6 +334,7 @@ class Where(Op):
 class Dropout(Op):
     """y = x * mask / (1 - ratio); the mask is an input so a replay reuses the recorded draw."""
 
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("ratio",)
     __slots__ = attr_names
 

@@ -25,6 +25,7 @@ def _spread(gy, x_shape, axis, keepdims):
 
 @register_op("sum")
 class Sum(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis", "keepdims")
     __slots__ = attr_names
 
@@ -43,6 +44,7 @@ class Sum(Op):
 
 @register_op("mean")
 class Mean(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis", "keepdims")
     __slots__ = attr_names
 
@@ -95,6 +97,7 @@ class Min(Max):
 
 @register_op("sum_to")
 class SumTo(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("shape",)
     __slots__ = attr_names
 
@@ -137,6 +140,7 @@ class LogSumExp(Op):
 
 @register_op("softmax")
 class Softmax(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis",)
     __slots__ = attr_names
     needs_y = True
@@ -159,6 +163,7 @@ class Softmax(Op):
 
 @register_op("log_softmax")
 class LogSoftmax(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis",)
     __slots__ = attr_names
     needs_y = True

@@ -11,6 +11,7 @@ from .base import Op, decode_index, encode_index, value, xp
 
 @register_op("reshape")
 class Reshape(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("shape",)
     __slots__ = attr_names
 
@@ -28,6 +29,7 @@ class Reshape(Op):
 
 @register_op("transpose")
 class Transpose(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axes",)
     __slots__ = attr_names
 
@@ -49,6 +51,7 @@ class Transpose(Op):
 
 @register_op("broadcast_to")
 class BroadcastTo(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("shape",)
     __slots__ = attr_names
 
@@ -68,6 +71,7 @@ class BroadcastTo(Op):
 class GetItem(Op):
     """y = x[index]; integer/boolean index arrays are extra (constant) inputs."""
 
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("index",)
     __slots__ = attr_names
 
@@ -132,6 +136,7 @@ def _axis_slices(ndim, axis, sizes):
 
 @register_op("concatenate")
 class Concatenate(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis",)
     __slots__ = attr_names
 
@@ -150,6 +155,7 @@ class Concatenate(Op):
 
 @register_op("stack")
 class Stack(Op):
+    needs_x = False  # the rule reads only the input's shape and dtype
     attr_names = ("axis",)
     __slots__ = attr_names
 

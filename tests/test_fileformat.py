@@ -679,3 +679,30 @@ def test_every_example_of_every_released_format_loads(path):
 
 def test_format_error_is_the_only_content_error():
     assert issubclass(TapeTruncatedError, TapeFormatError)
+
+
+def test_streaming_writer_refuses_a_taken_name_also_among_generated_ones(tmp_path):
+    # The streaming writer does not keep "%<own index>" names in its name table (a long
+    # recording would grow it by ~100 bytes a value); duplicates must still be refused.
+    x = np.zeros(2)
+    cases = [
+        ["%0", "%0"],  # a generated name reused by a later value
+        ["%1", "%1"],  # an explicit "%1" at index 0, then value 1's own generated name
+        ["a", "%1", "%1"],
+    ]
+    for k, names in enumerate(cases):
+        with TapeWriter(tmp_path / f"d{k}.tape", provenance={}) as w:
+            for name in names[:-1]:
+                w.add_value(ValueInfo(name, "input", "<f8", (2,)), x)
+            with pytest.raises(ValueError, match="already value"):
+                w.add_value(ValueInfo(names[-1], "input", "<f8", (2,)), x)
+    with TapeWriter(tmp_path / "ok.tape", provenance={}) as w:
+        for name in ["%0", "%01", "x", "%3", "%2"]:  # "%01" and "%2" at index 4 are not taken
+            w.add_value(ValueInfo(name, "input", "<f8", (2,)), x)
+    assert [v.name for v in open_tape(tmp_path / "ok.tape").values] == [
+        "%0",
+        "%01",
+        "x",
+        "%3",
+        "%2",
+    ]

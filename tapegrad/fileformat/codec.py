@@ -251,18 +251,45 @@ class _Ledger:
     record has produced yet; 2: produced): the rules that tie records to values, enforced alike
     when writing and when reading."""
 
-    __slots__ = ("names", "state")
+    __slots__ = ("names", "state", "auto")
 
-    def __init__(self) -> None:
+    def __init__(self, compact: bool = False) -> None:
         self.names: dict[str, int] = {}
         self.state = bytearray()
+        # compact (a streaming writer): a value named "%<its own index>" is not put in `names`;
+        # auto[i] = 1 says value i has such a name. A long recording names almost every value
+        # that way, and the dict would otherwise grow by about 100 bytes a value.
+        self.auto: bytearray | None = bytearray() if compact else None
 
     def __len__(self) -> int:
         return len(self.state)
 
+    def taken(self, name: str) -> bool:
+        """Is ``name`` the name of an earlier value?"""
+        if name in self.names:
+            return True
+        auto = self.auto
+        if auto is None or name[:1] != "%" or not name[1:].isdigit():
+            return False
+        j = int(name[1:])
+        return j < len(auto) and auto[j] == 1 and name == f"%{j}"
+
+    def index_of(self, name: str) -> int:
+        """The index of an earlier value named ``name`` (it must be taken)."""
+        return self.names[name] if name in self.names else int(name[1:])
+
     def add_values(self, names: Sequence[str], kinds: Sequence[str]) -> None:
         n = len(self.state)
-        self.names.update(zip(names, range(n, n + len(names))))
+        auto = self.auto
+        if auto is None:
+            self.names.update(zip(names, range(n, n + len(names))))
+        else:
+            for i, name in enumerate(names, n):
+                if name == f"%{i}":
+                    auto.append(1)
+                else:
+                    self.names[name] = i
+                    auto.append(0)
         self.state.extend(map(_KIND_STATE.__getitem__, kinds))
 
     def record_problem(self, inputs: tuple, outputs: tuple) -> str | None:
@@ -405,8 +432,8 @@ def _value_problem(info: ValueInfo, ledger: _Ledger) -> None:
         kind_of = TypeError if "not a str" in problem else ValueError
         raise kind_of(f"value {index}: name {problem}")
     where = f"value {index} ({_short(name, 40)})"
-    if name in ledger.names:
-        raise ValueError(f"{where}: the name is already value {ledger.names[name]}")
+    if ledger.taken(name):
+        raise ValueError(f"{where}: the name is already value {ledger.index_of(name)}")
     raise ValueError(f"{where}: kind {_short(kind)} is not one of {VALUE_KINDS}")
 
 
@@ -418,7 +445,7 @@ def _encode_value(info: Any, array: Any, ledger: _Ledger) -> tuple:
     if (
         type(name) is not str
         or not 0 < len(name) <= MAX_NAME_LEN
-        or name in ledger.names
+        or ledger.taken(name)
         or kind not in VALUE_KINDS
     ):
         _value_problem(info, ledger)
@@ -725,7 +752,7 @@ class TapeWriter:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         self._packer = _packer()
-        self._ledger = _Ledger()
+        self._ledger = _Ledger(compact=True)
         self._records = 0
         self._seq = 1
         self._broken = False

@@ -315,7 +315,9 @@ class Tape:
         return n if n is not None else f"%{i}"
 
     def _value(self, i: int) -> np.ndarray:
-        a = self._values[i]
+        if self._pending or self._writer is not None:
+            self._values  # noqa: B018 (materializes, or refuses while streaming)
+        a = self._v[i]
         if a is None:
             if self._file is None or not self._file.has_array(i):
                 raise KeyError(
@@ -323,14 +325,18 @@ class Tape:
                     f"values='backward' or 'none')"
                 )
             a = self._file.array(i)
-            self._values[i] = a
+            self._v[i] = a
         return a
 
     def _has_value(self, i: int) -> bool:
-        return self._values[i] is not None or (self._file is not None and self._file.has_array(i))
+        if self._pending or self._writer is not None:
+            self._values  # noqa: B018 (materializes, or refuses while streaming)
+        return self._v[i] is not None or (self._file is not None and self._file.has_array(i))
 
     def _shape_dtype(self, i: int) -> tuple[tuple[int, ...], np.dtype]:
-        a = self._values[i]
+        if self._pending or self._writer is not None:
+            self._values  # noqa: B018 (materializes, or refuses while streaming)
+        a = self._v[i]
         if a is not None:
             return a.shape, a.dtype
         info = self._file.values[i]

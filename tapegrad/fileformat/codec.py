@@ -1628,19 +1628,22 @@ class TapeFile:
         info = self.values[index]
         if loc is None:
             raise ValueError(f"value {index} ({_short(info.name)}) was saved without its bytes")
-        return self._array(info.dtype, info.shape, loc, f"value {index} ({_short(info.name)})")
+        return self._array(
+            info.dtype, info.shape, loc, lambda: f"value {index} ({_short(info.name)})"
+        )
 
     def grad(self, name: str) -> np.ndarray:
         """The saved gradient ``name`` (KeyError if there is none), like ``array``."""
         dtype, shape, loc = self._grads[name]
-        return self._array(dtype, shape, loc, f"gradient {_short(name)}")
+        return self._array(dtype, shape, loc, lambda: f"gradient {_short(name)}")
 
     def verify(self) -> None:
         """Check every payload checksum now (opening checked everything else)."""
         for area_id in range(len(self._areas)):
-            self._verify(area_id, f"payload area {area_id}")
+            self._verify(area_id, lambda a=area_id: f"payload area {a}")
 
-    def _verify(self, area_id: int, what: str) -> None:
+    def _verify(self, area_id: int, what: Any) -> None:
+        """``what()`` names the checked thing in an error (built only when there is one)."""
         if self._closed:
             raise ValueError(f"{self.path}: the tape file is closed")
         if self._checked[area_id]:
@@ -1649,13 +1652,13 @@ class TapeFile:
         if _crc32(self._reader.mv[start : start + length]) != crc:
             raise TapeCorruptError(
                 _bounded(
-                    f"{self._reader.label}: the bytes of {what} (offsets {start} to "
+                    f"{self._reader.label}: the bytes of {what()} (offsets {start} to "
                     f"{start + length}) fail their checksum"
                 )
             )
         self._checked[area_id] = 1
 
-    def _array(self, dtype: str, shape: tuple[int, ...], loc: tuple, what: str) -> np.ndarray:
+    def _array(self, dtype: str, shape: tuple[int, ...], loc: tuple, what: Any) -> np.ndarray:
         offset, nbytes, area_id = loc
         self._verify(area_id, what)
         dt = _NP_DTYPES[dtype]

@@ -52,20 +52,7 @@ def numerical_vjp(
     def scalar(a: Sequence[Any]) -> float:
         return float(np.sum(w * forward_value(fn, a, wrt)))
 
-    grads = []
-    for i in wrt:
-        x = args[i]
-        g = np.zeros(x.shape, dtype=np.float64)
-        for idx in np.ndindex(x.shape):
-            old = x[idx]
-            x[idx] = old + eps
-            fp = scalar(args)
-            x[idx] = old - eps
-            fm = scalar(args)
-            x[idx] = old
-            g[idx] = (fp - fm) / (2 * eps)
-        grads.append(g)
-    return grads
+    return _central_differences(scalar, args, wrt, eps)
 
 
 def first_grads(
@@ -114,6 +101,17 @@ def numerical_hvp(
     def scalar(a: Sequence[Any]) -> float:
         return float(sum(np.sum(v * g) for v, g in zip(vs_dir, first_grads(fn, a, wrt, w))))
 
+    return _central_differences(scalar, args, wrt, eps)
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str):
+    """``assert_allclose`` with the tolerance scaled by the size of the expected values."""
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+def _central_differences(scalar, args: list, wrt: Sequence[int], eps: float) -> list[np.ndarray]:
+    """d scalar(args) / d args[i] for i in wrt, one central difference per element (in place)."""
     out = []
     for i in wrt:
         x = args[i]
@@ -128,9 +126,3 @@ def numerical_hvp(
             g[idx] = (fp - fm) / (2 * eps)
         out.append(g)
     return out
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str):
-    """``assert_allclose`` with the tolerance scaled by the size of the expected values."""
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)

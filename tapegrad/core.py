@@ -40,7 +40,6 @@ class Variable:
         "name",
         "grad",
         "creator",
-        "generation",
         "_ver",
         "_tt",
         "_ti",
@@ -58,7 +57,6 @@ class Variable:
         self.name = name
         self.grad = None
         self.creator = None
-        self.generation = 0
         self._ver = 0  # bumped by every assignment to .data (x.data -= ... included)
         self._tt = 0  # serial of the recording tape that owns this value's bookkeeping (0: none)
         self._ti = 0  # its index on that tape, while the tape streams to a file
@@ -110,9 +108,15 @@ class Variable:
         return bool(self.data)
 
     # -- graph -----------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """DeZero's generation: 0 for a leaf, one more than its creator's. Computed on request
+        (nothing in tapegrad orders by it), so a call stores no generation numbers."""
+        c = self.creator
+        return 0 if c is None else _own_generation(c) + 1
+
     def set_creator(self, func: "Function") -> None:
         self.creator = func
-        self.generation = func.generation + 1
 
     def unchain(self) -> None:
         self.creator = None
@@ -302,6 +306,54 @@ def _to_inputs(inputs: tuple) -> list[Variable]:
     return vs
 
 
+class _OutRef(weakref.ref):
+    """A weak reference to one output of a call with several, which also keeps the output's
+    shape and dtype (backward gives an output nobody used, or that is gone, a zero gradient)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, y: Variable):
+        super().__init__(y)
+        self.shape, self.dtype = y._data.shape, y._data.dtype
+
+
+_RefType = weakref.ReferenceType
+
+
+def _out_refs(outs: Any) -> list:
+    """A call's ``_outs`` as DeZero's list of weak references."""
+    return [outs] if outs.__class__ is _RefType else list(outs)
+
+
+def _own_generation(f: "Function") -> int:
+    """The generation of ``f``'s own call (the largest of its inputs'), computed without recursion
+    over the calls it depends on, and kept on each of them."""
+    g = getattr(f, "_gen", None)
+    if g is not None:
+        return g
+    stack = [f]
+    while stack:
+        h = stack[-1]
+        if getattr(h, "_gen", None) is not None:
+            stack.pop()
+            continue
+        gen, ready = 0, True
+        for x in getattr(h, "_ins", None) or ():
+            c = x.creator
+            if c is None:
+                continue
+            cg = getattr(c, "_gen", None)
+            if cg is None:
+                stack.append(c)
+                ready = False
+            elif cg + 1 > gen:
+                gen = cg + 1
+        if ready:
+            h._gen = gen
+            stack.pop()
+    return f._gen
+
+
 class Function:
     """A differentiable operation. Subclass it and write ``forward`` and ``backward``.
 
@@ -311,12 +363,12 @@ class Function:
     """
 
     # Per-call state lives in slots (a built-in op's instance has no __dict__: a recorded call
-    # costs about 100 bytes, not 300). A user's subclass gets a __dict__ as usual.
-    __slots__ = ("generation", "_seq", "_ins", "_outs", "_latest", "_ometa", "__weakref__")
-    # generation: DeZero's; _seq: this call's sequence number (0: not called yet); _ins/_outs:
-    # this call's own graph links (``inputs``/``outputs`` show the same, except on an instance
-    # called again: those then describe the latest call, kept in _latest); _ometa: (shape,
-    # dtype) of each output, for calls with several outputs.
+    # costs about 80 bytes, not 300). A user's subclass gets a __dict__ as usual.
+    __slots__ = ("_gen", "_seq", "_ins", "_outs", "_latest", "__weakref__")
+    # _gen: the generation, once asked for (None: not computed); _seq: this call's sequence
+    # number (0: not called yet); _ins: this call's inputs; _outs: a weak reference to its output,
+    # or a tuple of _OutRef (which also know the shape and dtype) when there are several. On an
+    # instance called again, ``inputs``/``outputs`` describe the latest call, kept in _latest.
     op: str | None = None  # registered op name (set by register_op)
     _registered = False
 
@@ -332,13 +384,28 @@ class Function:
 
     @property
     def outputs(self) -> Any:
+        """Weak references to the outputs (of the latest call), as in DeZero."""
         latest = getattr(self, "_latest", None)
-        return getattr(self, "_outs", None) if latest is None else latest[1]
+        outs = getattr(self, "_outs", None) if latest is None else latest[1]
+        return outs if outs is None else _out_refs(outs)
 
     @outputs.setter
     def outputs(self, value: Any) -> None:
-        self._outs = value
+        refs = list(value)
+        self._outs = refs[0] if len(refs) == 1 else tuple(refs)
         self._latest = None
+
+    @property
+    def generation(self) -> int:
+        """DeZero's generation: the largest of the inputs' generations (of the latest call)."""
+        latest = getattr(self, "_latest", None)
+        if latest is not None:
+            return max([x.generation for x in latest[0]], default=0)
+        return _own_generation(self)
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self._gen = value
 
     def __call__(self, *inputs: Any):
         st = _state.get()
@@ -377,21 +444,14 @@ class Function:
         y._ver = y._tt = y._ti = 0
         if not st.enable_backprop:
             y.creator = None
-            y.generation = 0
         else:
-            gen = vs[0].generation
-            for x in vs:
-                if x.generation > gen:
-                    gen = x.generation
-            node.generation = gen
+            node._gen = None
             node._seq = next(_counter)
             node._ins = vs
-            node._outs = [_wref(y)]
+            node._outs = _wref(y)
             y.creator = node
-            y.generation = gen + 1
             if node is not self:
                 self._latest = (vs, node._outs)
-                self.generation = gen
             if st.tapes:
                 for t in st.tapes:
                     t._record(node, vs, (y,))
@@ -401,18 +461,14 @@ class Function:
         """The end of a call whose forward returned several outputs."""
         outputs = [Variable(y if type(y) is np.ndarray else np.asarray(y)) for y in ys]
         if st.enable_backprop:
-            gen = max([x.generation for x in vs], default=0)
-            self.generation = gen
+            self._gen = None
             self._seq = next(_counter)
             self._ins = vs
-            self._outs = [_wref(y) for y in outputs]
+            self._outs = tuple([_OutRef(y) for y in outputs])
             for y in outputs:
                 y.creator = self
-                y.generation = gen + 1
-            self._ometa = [(y._data.shape, y._data.dtype) for y in outputs]
             if self is not caller:
                 caller._latest = (vs, self._outs)
-                caller.generation = gen
             if st.tapes:
                 for t in st.tapes:
                     t._record(self, vs, outputs)
@@ -477,20 +533,30 @@ def _call_backward(f: Function, gys: list, create_graph: bool) -> tuple:
 _CONSTANTS = (Constant, _ScalarConstant)
 
 
-def _zeros_for(f: Function, i: int, create_graph: bool):
-    shape, dtype = f._ometa[i]
-    z = np.zeros(shape, dtype)
+def _zeros_for(f: Function, ref: Any, create_graph: bool):
+    """The zero gradient of an output that got none (``ref`` is its weak reference)."""
+    y = ref()
+    if y is not None:
+        z = np.zeros_like(y._data)
+    elif hasattr(ref, "shape"):
+        z = np.zeros(ref.shape, ref.dtype)
+    else:
+        raise RuntimeError(
+            f"{f._opname()}: an output is gone and its shape is unknown (outputs set by hand "
+            f"must stay alive until backward)"
+        )
     return Variable(z) if create_graph else z
 
 
 def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph: bool) -> tuple:
     """One step of backward for a user Function or a call with several outputs."""
-    outs = [r() for r in f._outs]
+    refs = _out_refs(f._outs)
+    outs = [r() for r in refs]
     gys = []
-    for i, y in enumerate(outs):
+    for ref, y in zip(refs, outs):
         g = None if y is None else grads.pop(id(y), None)
         if g is None:
-            g = _zeros_for(f, i, create_graph)
+            g = _zeros_for(f, ref, create_graph)
         elif retain_grad:
             y.grad = _wrap(g)
         gys.append(g)
@@ -499,7 +565,7 @@ def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph:
         h = f
         if getattr(f, "_latest", None) is not None:  # reused: show this call's links
             h = copy.copy(f)
-            h.inputs, h.outputs = f._ins, f._outs
+            h.inputs, h.outputs = f._ins, _out_refs(f._outs)
         return _call_backward(h, gys, create_graph)
     xs = ins if create_graph else [x._data for x in ins]
     y = outs[0] if create_graph or outs[0] is None else outs[0]._data
@@ -532,12 +598,12 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
             f = waiting.pop(-pop(heap))
             ins = f._ins
             refs = f._outs
-            if len(refs) == 1 and f._rule:  # the common case: a built-in op, one output
-                y = refs[0]()
-                g = None if y is None else grads.pop(id(y), None)
-                if g is None:
-                    g = _zeros_for(f, 0, create_graph)
-                elif retain_grad:
+            if refs.__class__ is _RefType and f._rule:  # the common case: a built-in op, one output
+                y = refs()
+                # y is alive (an input of a later call holds it) and has a gradient (f is on the
+                # heap because y got one)
+                g = grads.pop(id(y))
+                if retain_grad:
                     y.grad = _wrap(g)
                 if create_graph:
                     yv = y if f.needs_y else None

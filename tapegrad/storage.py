@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import Constant
+from .core import Constant, _out_refs
 from .fileformat import RecordInfo, TapeWriter, ValueInfo, open_tape, save_tape
 from .registry import _OPS
 from .tape import CONST, INPUT, NOT_PLAIN, OP, Tape, function_attrs, function_opname
@@ -185,7 +185,7 @@ class Stream:
                 continue
             ins = tuple([self._index(x) for x in item._ins])
             outs = []
-            for r in item._outs:
+            for r in _out_refs(item._outs):
                 i = self.nvalues
                 self.nvalues += 1
                 y = r()

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .config import _state
-from .core import Constant, Variable, _ScalarConstant
+from .core import Constant, Variable, _out_refs, _ScalarConstant
 
 _serials = itertools.count(1)
 _SLOT_LOCK = threading.Lock()
@@ -224,7 +224,7 @@ class Tape:
             ins = tuple([wire[id(x)] for x in item._ins])
             n = len(values)
             outs = []
-            for r in item._outs:
+            for r in _out_refs(item._outs):
                 y = r()
                 if y is not None:
                     wire[id(y)] = len(values)

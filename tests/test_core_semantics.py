@@ -337,6 +337,39 @@ def test_generation_grows_along_the_graph():
     assert c.creator.generation == 2
 
 
+def test_generation_of_a_deep_chain_needs_no_recursion():
+    # generations are computed on request; a chain far deeper than the recursion limit is fine
+    x = Variable(np.array(0.5))
+    y = x
+    for _ in range(30_000):
+        y = F.tanh(y)
+    assert y.generation == 30_000
+    assert y.creator.generation == 29_999
+    z = y + x  # max over the inputs
+    assert z.creator.generation == 30_000 and z.generation == 30_001
+
+
+def test_generation_of_a_reused_instance_is_its_latest_call():
+    f = Square()
+    x = Variable(np.array(2.0))
+    y1 = f(x)
+    y2 = f(F.sin(F.sin(x)))
+    assert y1.generation == 1  # each output keeps its own call's generation
+    assert y2.generation == 3
+    assert f.generation == 2  # the instance describes its latest call, as in DeZero
+
+
+def test_outputs_are_weak_references_for_one_and_several_outputs():
+    x = Variable(np.array(0.3))
+    y = F.sin(x)
+    (r,) = y.creator.outputs
+    assert isinstance(r, weakref.ref) and r() is y
+    s, c = SinCos()(x)
+    refs = s.creator.outputs
+    assert len(refs) == 2 and all(isinstance(r, weakref.ref) for r in refs)
+    assert refs[0]() is s and refs[1]() is c
+
+
 def test_repr_like_dezero():
     assert repr(Variable(np.array([1.0, 2.0]))) == "variable([1. 2.])"
     assert repr(Variable(np.array(3.0))) == "variable(3.0)"

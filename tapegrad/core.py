@@ -452,9 +452,26 @@ class Function:
             y.creator = node
             if node is not self:
                 self._latest = (vs, node._outs)
-            if st.tapes:
-                for t in st.tapes:
-                    t._record(node, vs, (y,))
+            tapes = st.tapes
+            if tapes:
+                t = tapes[0]
+                if t._direct and len(tapes) == 1:
+                    # The common case, inlined (it is most of a small call's recording cost):
+                    # one tape, neither streaming nor keeping source lines. Same steps as
+                    # Tape._record; y is fresh, so its slot is free for this tape.
+                    serial = t._serial
+                    for x in vs:
+                        if x._tt != serial and t._ids.get(id(x), -1) != x._ver:
+                            t._external(x)
+                    d = y._data
+                    if t._ext and not node.fresh:
+                        d = t._unshared(d)
+                    y._tt = serial
+                    t._pending_ys.append(d)
+                    t._pending.append(node)
+                else:
+                    for t in tapes:
+                        t._record(node, vs, (y,))
         return y
 
     def _finish_many(self, caller: "Function", st: Any, vs: Any, ys: tuple) -> Any:
@@ -484,6 +501,9 @@ class Function:
     vjp = None
     _rule = False  # True for built-in ops, whose vjp(gy, xs, y) is the derivative rule
     needs_y = True  # does vjp read the output value?
+    # fresh: forward always returns new arrays, never an input's array or a view of one (a
+    # tape then need not check whether an output shares memory with a value the user owns)
+    fresh = False
     uses_need = False  # does vjp take the tuple of inputs needing a gradient? (see ops.base)
 
     def _opname(self) -> str:
@@ -554,7 +574,7 @@ def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph:
     outs = [r() for r in refs]
     gys = []
     for ref, y in zip(refs, outs):
-        g = None if y is None else grads.pop(id(y), None)
+        g = None if y is None else grads.pop(y, None)
         if g is None:
             g = _zeros_for(f, ref, create_graph)
         elif retain_grad:
@@ -588,8 +608,9 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
     st = _state.get()
     token = _state.set(st.replace(enable_backprop=create_graph))
     try:
-        grads: dict[int, Any] = {id(root): seed}
-        leaves: dict[int, Variable] = {}
+        # gradients so far, by Variable (hashed by identity: no id() calls on the hot path)
+        grads: dict[Variable, Any] = {root: seed}
+        leaves: dict[Variable, None] = {}
         first = root.creator
         waiting = {first._seq: first}  # sequence number -> Function whose turn has not come
         heap = [-first._seq]
@@ -602,7 +623,7 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                 y = refs()
                 # y is alive (an input of a later call holds it) and has a gradient (f is on the
                 # heap because y got one)
-                g = grads.pop(id(y))
+                g = grads.pop(y)
                 if retain_grad:
                     y.grad = _wrap(g)
                 if create_graph:
@@ -610,7 +631,13 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                     xs = ins
                 else:
                     yv = y._data if f.needs_y else None
-                    xs = (ins[0]._data,) if len(ins) == 1 else [x._data for x in ins]
+                    n = len(ins)
+                    if n == 1:
+                        xs = (ins[0]._data,)
+                    elif n == 2:
+                        xs = (ins[0]._data, ins[1]._data)
+                    else:
+                        xs = [x._data for x in ins]
                 if f.uses_need:
                     gxs = f.vjp(g, xs, yv, tuple([x.__class__ not in _CONSTANTS for x in ins]))
                 else:
@@ -620,12 +647,11 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
             for x, gx in zip(ins, gxs):
                 if gx is None or x.__class__ in _CONSTANTS:
                     continue
-                k = id(x)
-                prev = grads.get(k)
-                grads[k] = gx if prev is None else prev + gx
+                prev = grads.get(x)
+                grads[x] = gx if prev is None else prev + gx
                 c = x.creator
                 if c is None:
-                    leaves[k] = x
+                    leaves[x] = None
                 else:
                     seq = c._seq
                     if seq not in waiting:
@@ -633,8 +659,8 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                         push(heap, -seq)
         if not retain_grad:
             root.grad = None
-        for k, x in leaves.items():
-            g = _wrap(grads[k])
+        for x in leaves:
+            g = _wrap(grads[x])
             x.grad = g if x.grad is None else x.grad + g
     finally:
         _state.reset(token)

@@ -146,6 +146,9 @@ class Tape:
         self._source = source
         self._file: Any = None  # a fileformat.TapeFile when loaded
         self._writer: Any = None  # a storage.Stream while streaming to a file
+        # True while calls may be recorded by the inlined path in Function.__call__ (no source
+        # lines to take, no stream to write): see Tape._record for the general one
+        self._direct = not source
         self._leaves: dict[int, Any] = {}  # input index -> (weakref to its Variable, version)
         self._saved_grads: dict[str, Any] = {}  # name -> array (None: still in the file)
         self._complete = True
@@ -163,12 +166,11 @@ class Tape:
                 self._external(x)
         ext = self._ext
         ys = self._pending_ys
+        fresh = fn.fresh
         for y in outputs:
             d = y._data
-            if ext:
-                b = d.base
-                if (b is not None and id(b) in ext) or id(d) in ext:
-                    d = d.copy()  # a view of an input's buffer, which the user may update in place
+            if ext and not fresh:
+                d = self._unshared(d)
             if y._tt == 0:  # a fresh output: no other thread can see it yet
                 y._tt = serial
             else:  # its slot belongs to an enclosing tape
@@ -180,6 +182,15 @@ class Tape:
             self._pending_src.append(_caller())
         if self._writer is not None:
             self._writer.write(self)
+
+    def _unshared(self, d: np.ndarray) -> np.ndarray:
+        """An op output as the tape keeps it: copied when it is an input's or a constant's
+        buffer or a view of one (the user may update those in place)."""
+        ext = self._ext
+        b = d.base
+        if (b is not None and id(b) in ext) or id(d) in ext:
+            return d.copy()
+        return d
 
     def _external(self, x: Variable) -> None:
         """A value made outside this tape, or changed in place since its last use: an input (a
@@ -587,6 +598,7 @@ class Tape:
         from .storage import Stream
 
         self._writer = Stream(self, path)
+        self._direct = False
 
     def _close(self) -> None:
         # The pending calls are turned into records only when first needed (never, for a tape

@@ -23,8 +23,15 @@ def _to_shapes(gx0, gx1, xs):
     return gx0, gx1
 
 
+class Elementwise(Op):
+    """An elementwise op: its forward always returns a new array."""
+
+    __slots__ = ()
+    fresh = True
+
+
 @register_op("add")
-class Add(Op):
+class Add(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -37,7 +44,7 @@ class Add(Op):
 
 
 @register_op("sub")
-class Sub(Op):
+class Sub(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -50,7 +57,7 @@ class Sub(Op):
 
 
 @register_op("mul")
-class Mul(Op):
+class Mul(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -63,7 +70,7 @@ class Mul(Op):
 
 
 @register_op("div")
-class Div(Op):
+class Div(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -76,7 +83,7 @@ class Div(Op):
 
 
 @register_op("neg")
-class Neg(Op):
+class Neg(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -89,7 +96,7 @@ class Neg(Op):
 
 
 @register_op("pow")
-class Pow(Op):
+class Pow(Elementwise):
     attr_names = ("c",)
     __slots__ = attr_names
 
@@ -108,7 +115,7 @@ class Pow(Op):
 
 
 @register_op("square")
-class Square(Op):
+class Square(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -120,7 +127,7 @@ class Square(Op):
 
 
 @register_op("sqrt")
-class Sqrt(Op):
+class Sqrt(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -135,7 +142,7 @@ class Sqrt(Op):
 
 
 @register_op("exp")
-class Exp(Op):
+class Exp(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -150,7 +157,7 @@ class Exp(Op):
 
 
 @register_op("log")
-class Log(Op):
+class Log(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -162,7 +169,7 @@ class Log(Op):
 
 
 @register_op("sin")
-class Sin(Op):
+class Sin(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -174,7 +181,7 @@ class Sin(Op):
 
 
 @register_op("cos")
-class Cos(Op):
+class Cos(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -186,7 +193,7 @@ class Cos(Op):
 
 
 @register_op("tanh")
-class Tanh(Op):
+class Tanh(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -201,7 +208,7 @@ class Tanh(Op):
 
 
 @register_op("abs")
-class Abs(Op):
+class Abs(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -214,7 +221,7 @@ class Abs(Op):
 
 
 @register_op("sigmoid")
-class Sigmoid(Op):
+class Sigmoid(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
 
@@ -229,7 +236,7 @@ class Sigmoid(Op):
 
 
 @register_op("relu")
-class ReLU(Op):
+class ReLU(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
@@ -241,7 +248,7 @@ class ReLU(Op):
 
 
 @register_op("leaky_relu")
-class LeakyReLU(Op):
+class LeakyReLU(Elementwise):
     attr_names = ("slope",)
     __slots__ = attr_names
 
@@ -263,7 +270,7 @@ class LeakyReLU(Op):
 
 
 @register_op("clip")
-class Clip(Op):
+class Clip(Elementwise):
     attr_names = ("x_min", "x_max")
     __slots__ = attr_names
 
@@ -287,7 +294,7 @@ def _tie_split(x0, x1, dtype):
 
 
 @register_op("maximum")
-class Maximum(Op):
+class Maximum(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -301,7 +308,7 @@ class Maximum(Op):
 
 
 @register_op("minimum")
-class Minimum(Op):
+class Minimum(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
@@ -315,7 +322,7 @@ class Minimum(Op):
 
 
 @register_op("where")
-class Where(Op):
+class Where(Elementwise):
     __slots__ = ()
 
     def forward(self, cond, x0, x1):
@@ -331,7 +338,7 @@ class Where(Op):
 
 
 @register_op("dropout")
-class Dropout(Op):
+class Dropout(Elementwise):
     """y = x * mask / (1 - ratio); the mask is an input so a replay reuses the recorded draw."""
 
     needs_x = False  # the rule reads only the input's shape and dtype

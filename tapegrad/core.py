@@ -59,10 +59,14 @@ class Variable:
         self.creator = None
         self._ver = 0  # bumped by every assignment to .data (x.data -= ... included)
         self._tt = 0  # serial of the recording tape that owns this value's bookkeeping (0: none)
-        self._ti = 0  # its index on that tape, while the tape streams to a file
+        # its index on that tape, while the tape streams to a file; -1: that tape keeps this very
+        # array as the value it recorded (see _give_back)
+        self._ti = 0
 
     @property
     def data(self) -> np.ndarray | None:
+        if self._ti < 0:
+            _give_back(self)
         return self._data
 
     @data.setter
@@ -72,31 +76,32 @@ class Variable:
         self._data = value
         self._ver += 1
         self._tt = 0
+        self._ti = 0
 
     # -- array-like attributes -------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return self._data.shape
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self) -> int:
-        return self.data.size
+        return self._data.size
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        return self._data.dtype
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self._data)
 
     def __repr__(self) -> str:
-        if self.data is None:
+        if self._data is None:
             return "variable(None)"
-        p = str(self.data).replace("\n", "\n" + " " * 9)
+        p = str(self._data).replace("\n", "\n" + " " * 9)
         return "variable(" + p + ")"
 
     def __bool__(self) -> bool:
@@ -105,7 +110,7 @@ class Variable:
             # An `if` on a value: recorded as a branch guard so a replay can tell when it would
             # have taken the other path.
             return bool(_OPS["guard"]()(self).data)
-        return bool(self.data)
+        return bool(self._data)
 
     # -- graph -----------------------------------------------------------------------------
     @property
@@ -234,6 +239,22 @@ class Variable:
         return _OPS["greater_equal"]()(self, other)
 
     __hash__ = object.__hash__
+
+
+# Tapes that keep a leaf's array without a copy, by serial (see Tape._external); a tape leaves
+# this table when it is freed.
+_lenders: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _give_back(v: Variable) -> None:
+    """Called before ``v.data`` hands out an array that a recording tape keeps as a recorded value
+    (the tape took it without copying, as nothing else referred to it). Whoever gets the array
+    may change it in place, so if that tape is still alive ``v`` takes a copy of its own and the
+    tape keeps the original. When the tape is gone (a training step's tape usually is by the
+    time the optimizer updates the parameters), nothing is copied."""
+    v._ti = 0
+    if _lenders.get(v._tt) is not None:
+        v._data = v._data.copy(order="K")
 
 
 class Parameter(Variable):
@@ -597,7 +618,7 @@ def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph:
 
 def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
     if root.grad is None:
-        seed = np.ones_like(root.data)
+        seed = np.ones_like(root._data)
         seed = Variable(seed) if create_graph else seed
     else:
         seed = root.grad if create_graph else root.grad.data

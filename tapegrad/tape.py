@@ -8,8 +8,10 @@ output. A record names its op, its plain-data attributes and its input and outpu
 Invariants:
 - Records are in call order, which is a topological order: offline backward walks them in reverse.
 - A value is stored as it was when recorded. Inputs and consts are copied at first use (a training
-  loop that updates a parameter in place must not change the tape); op outputs are fresh arrays
-  that no op writes to, so they are kept without copying.
+  loop that updates a parameter in place must not change the tape), unless nothing but their
+  Variable refers to the array: then the tape keeps the array itself and ``Variable.data`` hands
+  out a copy while the tape lives (see ``Tape._external``). Op outputs are fresh arrays that no op
+  writes to, so they are kept without copying.
 - The per-call cost is a few list appends: names, attributes and listings are derived lazily.
 """
 
@@ -26,10 +28,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from .config import _state
-from .core import Constant, Variable, _out_refs, _ScalarConstant
+from .core import Constant, Variable, _lenders, _out_refs, _ScalarConstant
 
 _serials = itertools.count(1)
 _SLOT_LOCK = threading.Lock()
+# sys.getrefcount counts every reference (CPython with its GIL): a tape may then keep a leaf's
+# array without copying it when nothing else refers to it (see Tape._external)
+_EXACT_REFCOUNTS = (
+    sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 INPUT, CONST, OP = "input", "const", "op"
@@ -194,19 +201,37 @@ class Tape:
 
     def _external(self, x: Variable) -> None:
         """A value made outside this tape, or changed in place since its last use: an input (a
-        leaf) or a constant. Stored as a copy, and its buffer remembered so that outputs viewing
-        it are copied too."""
+        leaf) or a constant.
+
+        Its array is stored as a copy, and its buffer remembered so that outputs viewing it are
+        copied too: the user may change it in place later. Except when nothing but ``x`` refers
+        to the array (a parameter, typically): then the tape keeps the array itself, and
+        ``x.data`` gives ``x`` a copy of its own before anyone can reach the array to change it,
+        if this tape is still alive then (see ``core._give_back``). A training step whose tape is
+        gone before the update copies nothing."""
         with _SLOT_LOCK:  # a parameter shared by tapes in several threads: one owner of the slot
-            if x._tt == 0:
+            claimed = x._tt == 0
+            if claimed:
                 x._tt = self._serial
             elif x._tt != self._serial:
                 self._ids[id(x)] = x._ver
                 self._pins.append(x)
-        d = x._data
-        if not isinstance(x, _ScalarConstant):
-            owner = d if d.base is None else d.base
-            self._ext[id(owner)] = owner
-            d = np.array(d, copy=True)
+            d = x._data
+            if isinstance(x, _ScalarConstant):
+                pass
+            elif (
+                claimed
+                and _EXACT_REFCOUNTS
+                and self._writer is None
+                and d.base is None
+                and sys.getrefcount(d) <= 3  # x's slot, d, and getrefcount's argument
+            ):
+                x._ti = -1
+                _lenders[self._serial] = self
+            else:
+                owner = d if d.base is None else d.base
+                self._ext[id(owner)] = owner
+                d = np.array(d, copy=True)
         self._pending.append((x, d, x._ver))
 
     def _materialize(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -119,6 +120,40 @@ def test_values_are_kept_as_recorded_through_in_place_updates():
     assert tape["W"].tobytes() == W0.tobytes()
     assert tape["b"].tobytes() == b0.tobytes()
     assert tape["W"].dtype == W0.dtype and tape["W"].shape == W0.shape
+
+
+def test_a_leaf_array_nothing_else_holds_is_kept_without_a_copy():
+    # A parameter's array that only the Variable refers to is kept by the tape as it is; once
+    # the tape is gone, the Variable still has that very array (a training step copies nothing).
+    W = tapegrad.Parameter(np.arange(3.0), name="W")
+    original = weakref.ref(W._data)
+    with tapegrad.record() as tape:
+        F.sum(W * W).backward()
+    assert tape["W"].base is original() or np.shares_memory(tape["W"], original())
+    del tape
+    W.data -= 0.5 * W.grad.data
+    assert W.data is original()
+    np.testing.assert_array_equal(W.data, [0.0, 0.0, 0.0])
+
+
+def test_reaching_a_kept_array_while_its_tape_lives_gives_the_variable_a_copy():
+    W = tapegrad.Parameter(np.arange(3.0), name="W")
+    with tapegrad.record() as tape:
+        y = F.sum(W * 2.0)
+    a = W.data  # the tape is alive: W hands out an array of its own
+    a *= 0  # changed in place, without telling anyone
+    np.testing.assert_array_equal(W.data, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(tape["W"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(tape.replay({})[tape.outputs[0]], y.data)
+
+
+def test_a_leaf_array_the_user_also_holds_is_copied_at_first_use():
+    arr = np.arange(3.0)
+    W = Variable(arr, name="W")
+    with tapegrad.record() as tape:
+        F.sum(W * W)
+    arr += 10  # through the user's own reference: the tape cannot see this, so it copied
+    np.testing.assert_array_equal(tape["W"], [0.0, 1.0, 2.0])
 
 
 def test_later_records_see_the_value_the_leaf_had_then():

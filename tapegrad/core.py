@@ -352,6 +352,8 @@ def _own_generation(f: "Function") -> int:
     g = getattr(f, "_gen", None)
     if g is not None:
         return g
+    if getattr(f, "_ins", None) is None:  # not called yet: nothing to keep
+        return 0
     stack = [f]
     while stack:
         h = stack[-1]
@@ -439,6 +441,7 @@ class Function:
             # A second call of the same instance: it gets a record of its own, so the first
             # call's backward keeps seeing the first call's inputs and state.
             node = copy.copy(self)
+            node._gen = None  # the copy's generation is its own call's (a new instance has none)
             node._latest = None
         vs = inputs
         for x in inputs:
@@ -466,7 +469,6 @@ class Function:
         if not st.enable_backprop:
             y.creator = None
         else:
-            node._gen = None
             node._seq = next(_counter)
             node._ins = vs
             node._outs = _wref(y)

@@ -349,6 +349,13 @@ def test_generation_of_a_deep_chain_needs_no_recursion():
     assert z.creator.generation == 30_000 and z.generation == 30_001
 
 
+def test_generation_asked_before_the_call_is_not_kept():
+    f = Square()
+    assert f.generation == 0
+    f(F.sin(Variable(np.array(1.0))))
+    assert f.generation == 1
+
+
 def test_generation_of_a_reused_instance_is_its_latest_call():
     f = Square()
     x = Variable(np.array(2.0))

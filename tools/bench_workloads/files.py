@@ -1,7 +1,8 @@
 """W4 tape files and W6 the whole life of a tape (tapegrad's ``Tape.save`` and ``tapegrad.load``).
 
 W4-big: a tape holding 256 MB of arrays (an input and fifteen negations of it, 16 MB each), saved
-and loaded, against ``np.save``/``np.load`` of the same sixteen arrays into one file. W4-small: a
+and loaded, against ``np.save``/``np.load`` of the same sixteen arrays into one file, and against
+``np.save`` followed by an fsync (``Tape.save`` is durable: it fsyncs the file before renaming it). W4-small: a
 tape of 100,000 records of 16-element arrays. "load" is open plus reading every value through the
 public API, touching every page of every array (a lazily read or memory-mapped value is read by
 then); "open" alone must not read the payload.
@@ -116,10 +117,13 @@ def _big_numpy(lib: str, p: dict) -> Case:
     path = os.path.join(d, "big.npy")
     st: dict = {}
 
-    def save():
+    def save(fsync: bool = False):
         with open(path, "wb") as f:
             for a in arrays:
                 np.save(f, a)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
 
     def read():
         with open(path, "rb") as f:
@@ -128,7 +132,8 @@ def _big_numpy(lib: str, p: dict) -> Case:
             touch(a)
 
     return Case(
-        {"save": save, "read": read},
+        # "save+fsync": np.save made durable as tapegrad's save is (it fsyncs before it renames)
+        {"save": save, "save+fsync": lambda: save(True), "read": read},
         lambda: {f"v{i}": a for i, a in enumerate(st["values"])},
         lambda: {f"v{i}": a for i, a in enumerate(big_arrays(p["mb"]))},
         0.0,

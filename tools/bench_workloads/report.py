@@ -314,6 +314,16 @@ def judge_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if v
             else _why(r, "tapegrad", "numpy"),
         )
+        fs = med("W4-big", "numpy", "save+fsync")
+        if v and fs:
+            out.append(
+                {
+                    "target": f"W4 save {mb} MB against np.save with an fsync (no target; the "
+                    f"durability tapegrad's save gives)",
+                    "status": "info",
+                    "measured": f"{num(tg)} ms vs {num(fs)} ms = {fs / tg:.2f}x its throughput",
+                }
+            )
         tl, fll = med("W4-big", "tapegrad", "load"), med("W4-big", "numpy", "load")
         vl = rel("W4-big", "numpy", "tapegrad", "load")
         if vl:

@@ -18,15 +18,18 @@ Invariants:
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import sys
 import threading
 import weakref
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
 
+from ._gc import gc_paused
 from .config import _state
 from .core import Constant, Variable, _lenders, _out_refs, _ScalarConstant
 
@@ -42,17 +45,59 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 INPUT, CONST, OP = "input", "const", "op"
 
 
-class Record:
-    """One recorded call: ``op`` name, ``attrs`` (plain data), ``inputs``/``outputs`` (value names)."""
+class _FileEntries(Sequence):
+    """The records of a loaded tape as ``Tape._entries`` gives them, ``(None, op, attrs, inputs,
+    outputs, source)``, made on demand from the file's columns (a ``RecordColumns``): a tape of
+    100,000 records opens without a tuple per record, and ``_record_columns`` hands the
+    columns on as they are."""
 
-    __slots__ = ("op", "attrs", "inputs", "outputs", "source")
+    __slots__ = ("columns", "count")
 
-    def __init__(self, op, attrs, inputs, outputs, source=None):
-        self.op = op
-        self.attrs = attrs
-        self.inputs = inputs
-        self.outputs = outputs
-        self.source = source
+    def __init__(self, columns: Any):
+        self.columns = columns
+        self.count = len(columns[0])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple]:
+        ops, attrs, inputs, outputs, sources = self.columns
+        nones = itertools.repeat(None)
+        return zip(nones, ops, attrs, inputs, outputs, nones if sources is None else sources)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(self.count))]
+        if k < 0:
+            k += self.count
+        if not 0 <= k < self.count:
+            raise IndexError("record index out of range")
+        ops, attrs, inputs, outputs, sources = self.columns
+        source = None if sources is None else sources[k]
+        return (None, ops[k], attrs[k], inputs[k], outputs[k], source)
+
+
+class Record(tuple):
+    """One recorded call: ``op`` name, ``attrs`` (plain data), ``inputs``/``outputs`` (value
+    names), ``source`` ((file, line, function), or None).
+
+    Immutable: a tuple underneath, so that listing a tape of 100,000 records makes them with
+    C-level ``tuple.__new__`` calls (``_make_records``), not a Python ``__init__`` each. Records
+    compare equal when all but ``source`` are."""
+
+    __slots__ = ()
+
+    def __new__(cls, op: str, attrs: dict, inputs: tuple, outputs: tuple, source: Any = None):
+        return tuple.__new__(cls, (op, attrs, inputs, outputs, source))
+
+    op = property(operator.itemgetter(0), doc="the registered op name")
+    attrs = property(operator.itemgetter(1), doc="plain-data attributes")
+    inputs = property(operator.itemgetter(2), doc="names of the values read")
+    outputs = property(operator.itemgetter(3), doc="names of the values made")
+    source = property(operator.itemgetter(4), doc="(file, line, function) of the call, or None")
+
+    def __getnewargs__(self) -> tuple:  # copy and pickle through __new__
+        return tuple(self)
 
     def __repr__(self) -> str:
         return (
@@ -61,14 +106,21 @@ class Record:
         )
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Record):
-            return NotImplemented
-        return (self.op, self.attrs, self.inputs, self.outputs) == (
-            other.op,
-            other.attrs,
-            other.inputs,
-            other.outputs,
-        )
+        if not isinstance(other, Record):  # a plain tuple is no record, either way round
+            return False if isinstance(other, tuple) else NotImplemented
+        return self[:4] == other[:4]
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]  (attrs is a dict)
+
+
+def _make_records(rows: Iterator[tuple]) -> list[Record]:
+    """Records from (op, attrs, inputs, outputs, source) tuples, without running Python code
+    per record."""
+    return list(map(tuple.__new__, itertools.repeat(Record), rows))
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -127,6 +179,33 @@ def function_opname(fn: Any) -> str:
         return fn.op
     cls = type(fn)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _op_traits(fn: Any) -> tuple[str | None, bool]:
+    """(op name, whether it has no attributes) true of every call of ``type(fn)``; the name is
+    None when each call must be asked. It is the class's when instances have no ``__dict__``
+    (built-in ops keep their state in slots) and attribute lookup is the ordinary one."""
+    cls = type(fn)
+    same_name = (
+        cls.__dictoffset__ == 0
+        and cls.__getattribute__ is object.__getattribute__
+        and isinstance(getattr(cls, "op", None), (str, type(None)))
+    )
+    return (function_opname(fn) if same_name else None), getattr(cls, "attr_names", None) == ()
+
+
+def _ops_and_attrs(fns: list) -> tuple[list[str], list[dict]]:
+    """``function_opname`` and ``function_attrs`` of each Function, asking each class once what
+    holds for all its calls (a tape of 100,000 calls has a handful of classes)."""
+    classes = list(map(type, fns))
+    traits = {cls: _op_traits(fn) for cls, fn in dict(zip(classes, fns)).items()}
+    ops = list(map({cls: name for cls, (name, _) in traits.items()}.__getitem__, classes))
+    if any(name is None for name, _ in traits.values()):
+        ops = [function_opname(fn) if op is None else op for op, fn in zip(ops, fns)]
+    bare = {cls: b for cls, (_, b) in traits.items()}
+    if all(bare.values()):
+        return ops, [{} for _ in fns]
+    return ops, [{} if bare[cls] else function_attrs(fn) for cls, fn in zip(classes, fns)]
 
 
 class Tape:
@@ -347,7 +426,9 @@ class Tape:
     # -- values ------------------------------------------------------------------------------
     def name_of(self, i: int) -> str:
         """The name of value number ``i``."""
-        n = self._names[i]
+        if self._pending or self._writer is not None:
+            self._names  # noqa: B018 (materializes, or refuses while streaming)
+        n = self._n[i]
         return n if n is not None else f"%{i}"
 
     def _value(self, i: int) -> np.ndarray:
@@ -360,9 +441,23 @@ class Tape:
                     f"value {self.name_of(i)!r} was not saved with this tape (it was saved with "
                     f"values='backward' or 'none')"
                 )
-            a = self._file.array(i)
-            self._v[i] = a
+            self._read_around(i)
+            a = self._v[i]
         return a
+
+    def _read_around(self, i: int) -> None:
+        """Take value ``i`` from the file, and with it the neighbours the file gives at no extra
+        cost (a whole payload area of small values: see ``TapeFile.arrays_around``), so that
+        reading every value of a loaded tape costs a list lookup per value, not a file access."""
+        first, arrays = self._file.arrays_around(i)
+        v = self._v
+        end = min(first + len(arrays), len(v))  # a recovered tape holds fewer values
+        if all(a is None for a in v[first:end]):
+            v[first:end] = arrays[: end - first]
+        else:  # keep the arrays already handed out
+            for j in range(first, end):
+                if v[j] is None:
+                    v[j] = arrays[j - first]
 
     def _has_value(self, i: int) -> bool:
         if self._pending or self._writer is not None:
@@ -375,8 +470,7 @@ class Tape:
         a = self._v[i]
         if a is not None:
             return a.shape, a.dtype
-        info = self._file.values[i]
-        return tuple(info.shape), np.dtype(info.dtype)
+        return self._file.shape_dtype(i)
 
     def _name_index(self) -> dict[str, int]:
         """name -> value number, rebuilt only when values were added."""
@@ -405,7 +499,13 @@ class Tape:
 
     def __getitem__(self, name: str) -> np.ndarray:
         """The value named ``name``, bit for bit as recorded (a read-only array)."""
-        a = self._value(self._index_of(name))
+        try:
+            i = self._name_index()[name]
+        except KeyError:
+            i = self._index_of(name)  # raises, saying what the tape holds
+        a = self._v[i] if self._writer is None else None
+        if a is None:
+            a = self._value(i)
         if a.flags.writeable:
             a = a.view()
             a.flags.writeable = False
@@ -416,7 +516,10 @@ class Tape:
 
     @property
     def value_names(self) -> list[str]:
-        return [self.name_of(i) for i in range(len(self._names))]
+        index = self._name_index()
+        if len(index) == len(self._n):  # names are unique: the index lists them in order
+            return list(index)
+        return [self.name_of(i) for i in range(len(self._n))]
 
     # -- records -----------------------------------------------------------------------------
     def _entry(self, k: int) -> tuple[Any, str, dict, tuple, tuple, Any]:
@@ -427,22 +530,45 @@ class Tape:
             return fn, function_opname(fn), function_attrs(fn), ins, outs, src
         return e
 
+    def _record_columns(self) -> tuple[list, list, list, list, list]:
+        """(ops, attrs, input indices, output indices, sources) of every record: what ``_entry``
+        gives record by record, in one pass (saving and listing a tape want every record). A
+        loaded tape's are the file's own lists: read them, do not change them."""
+        entries = self._entries
+        if type(entries) is _FileEntries:  # loaded: the file's columns
+            ops, attrs, ins, outs, srcs = entries.columns
+            return ops, attrs, ins, outs, srcs or [None] * len(ops)
+        shapes = set(map(len, entries))
+        with gc_paused():
+            if shapes == {6}:  # replayed: kept as they are given
+                _, ops, attrs, ins, outs, srcs = map(list, zip(*entries))
+            elif shapes == {4}:  # recorded
+                fns, ins, outs, srcs = map(list, zip(*entries))
+                ops, attrs = _ops_and_attrs(fns)
+            elif entries:
+                rows = [self._entry(k)[1:] for k in range(len(entries))]
+                ops, attrs, ins, outs, srcs = map(list, zip(*rows))
+            else:
+                ops, attrs, ins, outs, srcs = [], [], [], [], []
+        return ops, attrs, ins, outs, srcs
+
     def _derived(self) -> tuple:
         n = len(self._entries)
         nv = len(self._names)
         if self._view is None or self._view[0] != (n, nv):
-            records = []
-            for k in range(n):
-                _, op, attrs, ins, outs, src = self._entry(k)
-                records.append(
-                    Record(
-                        op,
-                        attrs,
-                        tuple(self.name_of(i) for i in ins),
-                        tuple(self.name_of(i) for i in outs),
-                        src,
-                    )
-                )
+            ops, attrs, ins, outs, srcs = self._record_columns()
+            names = self.value_names
+
+            def named(column: list) -> list:
+                return [
+                    alone[t[0]] if len(t) == 1 else tuple([names[i] for i in t]) for t in column
+                ]
+
+            with gc_paused():
+                # Most calls read or make one value: each value's 1-tuple of its name, made once
+                # and shared by the records that name it alone.
+                alone = [(name,) for name in names]
+                records = _make_records(zip(ops, attrs, named(ins), named(outs), srcs))
             self._view = ((n, nv), records)
         return self._view
 
@@ -459,18 +585,21 @@ class Tape:
     @property
     def inputs(self) -> list[str]:
         """Names of the leaf values the user made, in first-use order."""
-        return [self.name_of(i) for i, k in enumerate(self._kinds) if k == INPUT]
+        return list(itertools.compress(self.value_names, [k == INPUT for k in self._kinds]))
 
     @property
     def constants(self) -> list[str]:
-        return [self.name_of(i) for i, k in enumerate(self._kinds) if k == CONST]
+        return list(itertools.compress(self.value_names, [k == CONST for k in self._kinds]))
 
     @property
     def outputs(self) -> list[str]:
         """Names of the floating-point op outputs that no record consumes."""
-        used = set()
-        for e in self._entries:
-            used.update(e[-3])
+        entries = self._entries
+        if type(entries) is _FileEntries:
+            inputs = entries.columns[2]
+        else:  # (fn, ins, outs, src) or (None, op, attrs, ins, outs, src): ins third from last
+            inputs = map(operator.itemgetter(-3), entries)
+        used = set(itertools.chain.from_iterable(inputs))
         out = []
         for i, k in enumerate(self._kinds):
             if k == OP and i not in used and self._shape_dtype(i)[1].kind in "fc":

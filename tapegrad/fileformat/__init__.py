@@ -6,9 +6,11 @@ the models by ``tools/gen_schema.py`` (``schema_json()`` returns the same text).
 """
 
 from .codec import (
+    RecordColumns,
     RecordInfo,
     TapeFile,
     TapeWriter,
+    ValueColumns,
     ValueInfo,
     open_tape,
     save_tape,
@@ -18,9 +20,11 @@ from .models import ALLOWED_DTYPES, FORMAT_VERSION, schema_json
 __all__ = [
     "ALLOWED_DTYPES",
     "FORMAT_VERSION",
+    "RecordColumns",
     "RecordInfo",
     "TapeFile",
     "TapeWriter",
+    "ValueColumns",
     "ValueInfo",
     "open_tape",
     "save_tape",

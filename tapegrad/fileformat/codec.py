@@ -2,7 +2,16 @@
 
 The layout is specified byte by byte in ``schema/FORMAT.md``; the metadata models are in
 ``models.py``. This module knows nothing of ``Tape``: it writes and reads ``ValueInfo`` and
-``RecordInfo`` descriptions and NumPy arrays.
+``RecordInfo`` descriptions, or the same as columns (``ValueColumns``, ``RecordColumns``), and
+NumPy arrays.
+
+A tape of 100,000 small records must save and load in well under a second, so the work is done a
+column at a time wherever it can be: ``save_tape`` checks a whole column with a set of its types
+and the min and max of its lengths, and the records' use of values a frame at a time with NumPy;
+values alike in dtype and shape are written a frame at a time. The reader keeps the frames' tables
+as columns (no ValueInfo or RecordInfo per row), and hands out the arrays of a payload area of such
+values with one NumPy call. What a column check cannot clear goes through the checks one value or
+record at a time, which name the first culprit: each error is the one they would raise alone.
 
 Invariants:
 - Every byte of a file is covered by a CRC-32: the file header, each frame header, each frame body
@@ -10,28 +19,29 @@ Invariants:
   areas; a payload area is checked at the first access to a value in it.
 - A reader checks every length, count, offset and shape against the file's real size before it
   allocates anything; it imports, evaluates and unpickles nothing.
-- The only exception that bad content makes ``open_tape`` or ``TapeFile.array`` raise is
+- The only exception that bad content makes ``open_tape`` or ``TapeFile.array`` (``grad``,
+  ``arrays_around``) raise is
   ``TapeFormatError`` (subclasses: truncated, corrupt, unsupported version). Messages name the
   problem and its byte offset or field, and are at most ``MAX_MESSAGE`` characters.
 - A writer writes each frame with one system call; ``save_tape`` replaces its target atomically.
+- ``save_tape`` writes the same bytes for the same tape whether given rows or columns.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import gc
 import itertools
 import math
 import mmap
+import operator
 import os
 import secrets
 import stat
 import struct
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -44,6 +54,7 @@ try:  # the same CRC-32 as zlib's, 3-5x faster (vectorised): an optional acceler
 except ImportError:  # pragma: no cover - depends on what is installed
     from zlib import crc32 as _crc32
 
+from .._gc import gc_paused
 from ..errors import TapeCorruptError, TapeFormatError, TapeTruncatedError, UnsupportedVersionError
 from .models import (
     ALLOWED_DTYPES,
@@ -67,7 +78,16 @@ from .models import (
     ValuesBody,
 )
 
-__all__ = ["RecordInfo", "TapeFile", "TapeWriter", "ValueInfo", "open_tape", "save_tape"]
+__all__ = [
+    "RecordColumns",
+    "RecordInfo",
+    "TapeFile",
+    "TapeWriter",
+    "ValueColumns",
+    "ValueInfo",
+    "open_tape",
+    "save_tape",
+]
 
 # -- layout (schema/FORMAT.md) -------------------------------------------------------------------
 
@@ -125,19 +145,6 @@ def _bounded(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Build or take apart 100,000s of small objects without the cyclic collector walking them
-    again and again (it would triple the time); nothing made here forms a cycle."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 # -- neutral descriptions ------------------------------------------------------------------------
 
 
@@ -163,6 +170,33 @@ class RecordInfo(NamedTuple):
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     source: tuple[str, int, str] | None = None
+
+
+class ValueColumns(NamedTuple):
+    """The values of a tape as columns: position ``i`` of each describes value ``i``.
+
+    The form in which ``save_tape`` checks and writes values fastest (a check per column, not a
+    dozen attribute reads per value), and in which ``TapeFile.value_columns`` keeps what it read.
+    ``dtypes`` holds NumPy dtypes or ``dtype.str`` strings (a file's: the stored strings);
+    ``arrays`` an ndarray per value, or None for shape and dtype only. A file's columns have
+    ``arrays`` None: its arrays are read with ``TapeFile.array``."""
+
+    names: Sequence[str]
+    kinds: Sequence[str]
+    dtypes: Sequence[Any]
+    shapes: Sequence[tuple[int, ...]]
+    arrays: Sequence[np.ndarray | None] | None = None
+
+
+class RecordColumns(NamedTuple):
+    """The records of a tape as columns (see ``ValueColumns``); ``sources`` None: no record has
+    a source."""
+
+    ops: Sequence[str]
+    attrs: Sequence[dict]
+    inputs: Sequence[tuple[int, ...]]
+    outputs: Sequence[tuple[int, ...]]
+    sources: Sequence[tuple[str, int, str] | None] | None = None
 
 
 # -- checks shared by writers and the reader -----------------------------------------------------
@@ -223,6 +257,8 @@ def _check_plain(obj: Any, depth: int = 0) -> None:
 
 def _check_attrs_column(column: Any) -> tuple[int, _PlainError] | None:
     """(row, problem) of the first attrs dict that is not plain data nested within the limit."""
+    if not any(column):  # every one empty (most ops have no attributes)
+        return None
     for row, attrs in enumerate(column):
         if attrs and (
             type(attrs) is not dict or any(isinstance(v, _CONTAINERS) for v in attrs.values())
@@ -243,6 +279,7 @@ def _name_problem(name: Any, limit: int = MAX_NAME_LEN) -> str | None:
 
 
 _UNMADE, _MADE = 1, 2  # ledger states of an op value; inputs and consts are 0
+_BULK_RECORDS = 64  # from this many records on, the ledger checks them all at once
 _KIND_STATE = {"input": 0, "const": 0, "op": _UNMADE}
 
 
@@ -314,14 +351,16 @@ class _Ledger:
     def add_records(self, inputs: Sequence[tuple], outputs: Sequence[tuple]) -> tuple | None:
         """Take records in order; stop at the first bad one: (its position, the problem).
         Indices must be ints (the caller checked)."""
+        if len(inputs) >= _BULK_RECORDS and self._add_all(inputs, outputs):
+            return None
         state, n = self.state, len(self.state)
         for k, (ins, outs) in enumerate(zip(inputs, outputs)):
             for i in ins:
-                if i >= n or state[i] == _UNMADE:
+                if not 0 <= i < n or state[i] == _UNMADE:
                     break
             else:
                 for o in outs:
-                    if o >= n or state[o] != _UNMADE:
+                    if not 0 <= o < n or state[o] != _UNMADE:
                         break
                 else:
                     if len(outs) == 1 or len(set(outs)) == len(outs):
@@ -330,6 +369,48 @@ class _Ledger:
                         continue
             return k, self.record_problem(ins, outs)
         return None
+
+    def _add_all(self, inputs: Sequence[tuple], outputs: Sequence[tuple]) -> bool:
+        """Take every record at once, with a few NumPy calls over all their indices, when every
+        one of them is fine (a frame of thousands: the common case); False, with nothing
+        changed, when one is not, for the loop to find it and say what is wrong.
+
+        The loop's rules, for the whole batch: each output is an op value no earlier record
+        produced (its state is _UNMADE now, and no other output of the batch names it); each
+        input is an earlier value, and if it is an op value not yet produced, an earlier record
+        of the batch produces it."""
+        try:
+            n_in = np.fromiter(map(len, inputs), np.intp, len(inputs))
+            n_out = np.fromiter(map(len, outputs), np.intp, len(outputs))
+            ins = np.fromiter(itertools.chain.from_iterable(inputs), np.int64, int(n_in.sum()))
+            outs = np.fromiter(itertools.chain.from_iterable(outputs), np.int64, int(n_out.sum()))
+        except (TypeError, ValueError, OverflowError):
+            return False
+        n = len(self.state)
+        if not n or (ins.size and not 0 <= ins.min() <= ins.max() < n):
+            return False
+        if outs.size and not 0 <= outs.min() <= outs.max() < n:
+            return False
+        state = np.frombuffer(self.state, np.uint8)  # shares the bytearray: freed below
+        try:
+            order = np.argsort(outs, kind="stable")
+            made = outs[order]
+            if (state[outs] != _UNMADE).any() or (made[1:] == made[:-1]).any():
+                return False
+            pending = state[ins] == _UNMADE
+            if pending.any():
+                wanted = ins[pending]
+                at = np.minimum(np.searchsorted(made, wanted), max(len(made) - 1, 0))
+                if not len(made) or (made[at] != wanted).any():
+                    return False
+                producer = np.repeat(np.arange(len(outputs)), n_out)[order][at]
+                reader = np.repeat(np.arange(len(inputs)), n_in)[pending]
+                if (producer >= reader).any():
+                    return False
+            state[outs] = _MADE
+            return True
+        finally:
+            state = None  # let the bytearray grow again (a NumPy view would pin its size)
 
 
 def _among(n: int) -> str:
@@ -376,12 +457,17 @@ def _storage_dtype(dtype: Any, where: str) -> str:
     return canon
 
 
+def _int_tuple(shape: Any) -> bool:
+    return type(shape) is tuple and all(type(d) is int for d in shape)
+
+
 def _storage_shape(shape: Any, dtype: str, where: str) -> tuple[tuple[int, ...], int]:
     """(shape as a tuple of ints, its byte count for ``dtype``); checks it."""
-    try:
-        return shape, _SHAPE_CACHE[shape][dtype]
-    except (KeyError, TypeError):
-        pass
+    if _int_tuple(shape):  # the cache also matches (16.0,) or (True,): equal, hashed alike
+        try:
+            return shape, _SHAPE_CACHE[shape][dtype]
+        except KeyError:
+            pass
     try:
         out = tuple(int(d) if isinstance(d, (int, np.integer)) else d for d in shape)
     except TypeError:
@@ -449,10 +535,13 @@ def _encode_value(info: Any, array: Any, ledger: _Ledger) -> tuple:
         or kind not in VALUE_KINDS
     ):
         _value_problem(info, ledger)
-    try:  # checked before: the common case
+    try:  # checked before: the common case (the cache matches (16.0,) too: ints only)
         dtype = _DTYPE_CACHE[info.dtype]
         nbytes = _SHAPE_CACHE[shape][dtype]
+        known = _int_tuple(shape)
     except (KeyError, TypeError):
+        known = False
+    if not known:
         where = f"value {len(ledger)} ({_short(name, 40)})"
         dtype = _storage_dtype(info.dtype, where)
         shape, nbytes = _storage_shape(shape, dtype, where)
@@ -497,6 +586,8 @@ def _index_tuple(seq: Any, where: Any, label: str) -> tuple:
             break
     if len(seq) > MAX_ARITY:
         raise ValueError(f"{where()}: {len(seq)} {label}; at most {MAX_ARITY}")
+    if seq and min(seq) < 0:  # the ledger's state[i] would read a negative index from the end
+        raise ValueError(f"{where()}: {label[:-1]} {min(seq)} is not the index of an earlier value")
     return seq
 
 
@@ -546,6 +637,152 @@ def _record_problem(ledger: _Ledger, row: tuple, index: int) -> None:
         raise ValueError(f"record {index} ({_short(row[0], 40)}): {problem}")
 
 
+# Checking a whole column at once: a set of the types in it, the min and max of its lengths, one
+# dict of its names. What passes is exactly what the checks one value or record at a time accept
+# unchanged; anything else (a culprit, or something they would convert, such as a list for a
+# tuple) goes to those checks, which name the first culprit.
+
+_KIND_SET = frozenset(VALUE_KINDS)
+_DTYPE_OF = operator.attrgetter("dtype")
+_SHAPE_OF = operator.attrgetter("shape")
+
+
+def _fast_values(cols: ValueColumns, ledger: _Ledger) -> tuple[list, list, dict] | None:
+    """(stored dtype, byte count, name -> index) of every value when every name, kind, dtype and
+    shape is plainly fine; None when one needs the checks value by value."""
+    names, kinds, dtypes, shapes, _ = cols
+    base = len(ledger)
+    if not names:
+        return [], [], {}
+    try:
+        if set(map(type, names)) != {str} or not _KIND_SET.issuperset(kinds):
+            return None
+        lengths = list(map(len, names))
+        if min(lengths) == 0 or max(lengths) > MAX_NAME_LEN or ledger.auto is not None:
+            return None
+        fresh = dict(zip(names, range(base, base + len(names))))
+        if len(fresh) != len(names) or not ledger.names.keys().isdisjoint(fresh):
+            return None
+        if set(map(type, shapes)) != {tuple}:
+            return None
+        if not {int}.issuperset(map(type, itertools.chain.from_iterable(shapes))):
+            return None
+        canon = {d: _storage_dtype(d, "") for d in set(dtypes)}
+        stored = list(map(canon.__getitem__, dtypes))
+        if len(set(canon.values())) == 1 and len(set(shapes)) == 1:  # all alike
+            nbytes = [_storage_shape(shapes[0], stored[0], "")[1]] * len(stored)
+        else:
+            sizes = {key: _storage_shape(*key, "")[1] for key in set(zip(shapes, stored))}
+            nbytes = list(map(sizes.__getitem__, zip(shapes, stored)))
+    except (TypeError, ValueError):
+        return None
+    return stored, nbytes, fresh
+
+
+def _plain_source(s: Any) -> bool:
+    return (
+        type(s) is tuple
+        and len(s) == 3
+        and type(s[0]) is str
+        and len(s[0]) <= MAX_PATH_LEN
+        and type(s[1]) is int
+        and 0 <= s[1] <= MAX_INDEX
+        and type(s[2]) is str
+        and len(s[2]) <= MAX_NAME_LEN
+    )
+
+
+def _fast_records(cols: RecordColumns) -> bool:
+    """Whether every record is plainly fine but for how it uses the values (the ledger checks
+    that a frame at a time); False when one needs the checks record by record."""
+    ops, attrs, inputs, outputs, sources = cols
+    if not ops:
+        return True
+    try:
+        if set(map(type, ops)) != {str} or set(map(type, attrs)) != {dict}:
+            return False
+        lengths = list(map(len, ops))
+        if min(lengths) == 0 or max(lengths) > MAX_NAME_LEN:
+            return False
+        for column in (inputs, outputs):
+            if set(map(type, column)) != {tuple} or max(map(len, column)) > MAX_ARITY:
+                return False
+            flat = list(itertools.chain.from_iterable(column))
+            if flat and (set(map(type, flat)) != {int} or min(flat) < 0):
+                return False
+        for a in attrs:
+            if a:
+                _check_plain(a)
+    except _PlainError:
+        return False
+    return sources is None or all(s is None or _plain_source(s) for s in sources)
+
+
+def _as_columns(cols: Any, kind: type, what: str) -> Any:
+    """``cols`` (a ValueColumns or RecordColumns) with every column a list, all of one length
+    (the last column may be None)."""
+    lists: list[list | None] = []
+    for field, c in zip(kind._fields, cols):
+        if c is None and field == kind._fields[-1]:
+            lists.append(None)
+            continue
+        try:
+            lists.append(list(c))
+        except TypeError:
+            raise TypeError(f"{what}.{field} is not a sequence") from None
+    lengths = {len(c) for c in lists if c is not None}
+    if len(lengths) > 1:
+        raise ValueError(f"{what}: the columns differ in length {sorted(lengths)}")
+    return kind(*lists)
+
+
+def _value_columns(values: Any) -> tuple[ValueColumns, Exception | None]:
+    """``values`` as columns of lists (``arrays`` never None), and the error of the first row
+    that is not a (ValueInfo, array) pair (the caller raises it once the rows before it are
+    checked: the first culprit is named)."""
+    if type(values) is ValueColumns:
+        cols = _as_columns(values, ValueColumns, "values")
+        if cols.arrays is None:
+            cols = cols._replace(arrays=[None] * len(cols.names))
+        return cols, None
+    infos: list = []
+    arrays: list = []
+    problem = None
+    for item in values:
+        try:
+            info, array = item
+        except (TypeError, ValueError):
+            problem = TypeError(f"values[{len(infos)}] is not a (ValueInfo, array) pair")
+            break
+        if type(info) is not ValueInfo:
+            problem = TypeError(f"expected a ValueInfo, got a {type(info).__name__}")
+            break
+        infos.append(info)
+        arrays.append(array)
+    columns = [list(c) for c in zip(*infos)] if infos else [[], [], [], []]
+    return ValueColumns(*columns, arrays), problem
+
+
+def _record_columns(records: Any) -> tuple[RecordColumns, Exception | None]:
+    """``records`` as columns of lists, and the error of the first row that is not a RecordInfo
+    (see ``_value_columns``)."""
+    if type(records) is RecordColumns:
+        return _as_columns(records, RecordColumns, "records"), None
+    rows: list = []
+    problem = None
+    for rec in records:
+        if type(rec) is not RecordInfo:
+            problem = TypeError(f"expected a RecordInfo, got a {type(rec).__name__}")
+            break
+        rows.append(rec)
+    if not rows:
+        return RecordColumns([], [], [], [], None), problem
+    ops, attrs, inputs, outputs, sources = map(list, zip(*rows))
+    if sources.count(None) == len(sources):
+        sources = None
+    return RecordColumns(ops, attrs, inputs, outputs, sources), problem
+
+
 # -- encoding: bytes -----------------------------------------------------------------------------
 
 
@@ -589,7 +826,7 @@ def _records_body(rows: list[tuple]) -> dict:
     """Columns of a records frame from rows (op, attrs, inputs, outputs, source)."""
     ops, attrs, inputs, outputs, sources = zip(*rows)
     body = {"op": ops, "attrs": attrs, "inputs": inputs, "outputs": outputs}
-    if any(s is not None for s in sources):
+    if sources.count(None) != len(sources):
         body["source"] = sources
     return body
 
@@ -941,6 +1178,125 @@ class _Batcher:
         if len(self.rows) >= _BATCH_ROWS:
             self.flush()
 
+    def add_values(self, cols: ValueColumns) -> None:
+        """Check and add every value of ``cols`` (lists): the frames ``add`` makes value by
+        value, with the checks done a column at a time when the columns are plainly fine (see
+        ``_fast_values``) and only the bytes copied value by value."""
+        ledger = self.ledger
+        checked = _fast_values(cols, ledger)
+        if checked is None:
+            for name, kind, dtype, shape, array in zip(*cols):
+                info = ValueInfo(name, kind, dtype, shape)
+                name, kind, dtype, shape, array, nbytes = _encode_value(info, array, ledger)
+                self.add((name, kind, dtype, shape), array, nbytes)
+                ledger.add_values((name,), (kind,))
+            return
+        names, kinds, _, shapes, arrays = cols
+        dtypes, sizes, fresh = checked
+        base = len(ledger)
+        ledger.names.update(fresh)
+        ledger.state.extend(map(_KIND_STATE.__getitem__, kinds))
+        if self._add_alike(names, kinds, dtypes, shapes, arrays, sizes):
+            return
+        rows, start, data = self.rows, 0, []  # values start.. are not in rows yet; their refs
+
+        def take(end: int) -> None:
+            nonlocal start
+            rows.extend(
+                zip(names[start:end], kinds[start:end], dtypes[start:end], shapes[start:end], data)
+            )
+            data.clear()
+            start = end
+
+        ndarray, np_dtypes, area = np.ndarray, _NP_DTYPES, self.area
+        for k, array in enumerate(arrays):
+            if array is None:
+                data.append(None)
+            else:
+                nbytes = sizes[k]
+                if not (
+                    type(array) is ndarray
+                    and array.dtype is np_dtypes[dtypes[k]]
+                    and array.shape == shapes[k]
+                ):  # another layout of the same numbers, or a culprit
+                    where = f"value {base + k} ({_short(names[k], 40)})"
+                    array = _storage_array(array, dtypes[k], shapes[k], where)
+                if nbytes >= _OWN_FRAME_MIN:
+                    take(k)
+                    self.flush()
+                    self.big((names[k], kinds[k], dtypes[k], shapes[k], (0, nbytes)), array, nbytes)
+                    start = k + 1
+                    rows, area = self.rows, self.area
+                    continue
+                if len(area) + nbytes > _BATCH_AREA:
+                    take(k)
+                    self.flush()
+                    rows, area = self.rows, self.area
+                data.append((len(area), nbytes))
+                if nbytes:
+                    area += array.tobytes() if nbytes < 4096 else _byte_view(array)
+                    if nbytes % ALIGN:
+                        area += _ZEROS[: ALIGN - nbytes % ALIGN]
+            if len(rows) + k + 1 - start >= _BATCH_ROWS:
+                take(k + 1)
+                self.flush()
+                rows, area = self.rows, self.area
+        take(len(arrays))
+
+    def _add_alike(
+        self, names: list, kinds: list, dtypes: list, shapes: list, arrays: list, sizes: list
+    ) -> bool:
+        """Add the values a whole frame at a time when they are alike: every array present and
+        plainly of its declared dtype and shape, all of one byte count below _OWN_FRAME_MIN (a
+        tape of many small values). The frames are those of the loop in ``add_values``, cut by
+        arithmetic, each payload area made by one join. False, having added nothing, otherwise.
+        """
+        n = len(arrays)
+        nbytes = sizes[0] if n else 0
+        if not 0 < nbytes < _OWN_FRAME_MIN or self.rows or sizes.count(nbytes) != n:
+            return False
+        if set(map(type, arrays)) != {np.ndarray}:  # None (no bytes) is a NoneType
+            return False
+        if not all(map(operator.is_, map(_DTYPE_OF, arrays), map(_NP_DTYPES.get, dtypes))):
+            return False
+        if list(map(_SHAPE_OF, arrays)) != shapes:
+            return False
+        slot = _align(nbytes)
+        pad = _ZEROS[: slot - nbytes]
+        per_frame = min(_BATCH_ROWS, (_BATCH_AREA - nbytes) // slot + 1)
+        refs = list(zip(range(0, per_frame * slot, slot), itertools.repeat(nbytes)))
+        for lo in range(0, n, per_frame):
+            hi = min(lo + per_frame, n)
+            chunk = arrays[lo:hi]
+            try:
+                area = pad.join([*chunk, b""])  # each array's bytes, then its padding
+            except TypeError:  # a view that is not C-contiguous has no plain buffer
+                area = pad.join([a.tobytes() for a in chunk] + [b""])
+            self.rows.extend(zip(names[lo:hi], kinds[lo:hi], dtypes[lo:hi], shapes[lo:hi], refs))
+            self.area = area
+            self.flush()
+        return True
+
+    def add_records(self, cols: RecordColumns) -> None:
+        """Check and add every record of ``cols`` (lists), as ``add_record`` one by one would;
+        the checks a column at a time when the columns are plainly fine (see ``_fast_records``).
+        Full frames are written (their records checked against the ledger); the rest wait for
+        ``flush``."""
+        if not _fast_records(cols):
+            for row in zip(*cols[:4], cols.sources or itertools.repeat(None)):
+                self.add_record(_encode_record(RecordInfo(*row), self.records + len(self.rows)))
+            return
+        ops, attrs, inputs, outputs, sources = cols
+        sources = sources or itertools.repeat(None, len(ops))
+        rows = zip(ops, attrs, inputs, outputs, sources)
+        while True:
+            room = _BATCH_ROWS - len(self.rows)
+            before = len(self.rows)
+            self.rows.extend(itertools.islice(rows, room))
+            if len(self.rows) - before < room:
+                return
+            self.flush()
+
     def flush(self) -> None:
         rows, area = self.rows, self.area
         self.rows, self.area = [], bytearray()
@@ -1048,8 +1404,8 @@ def _is_stale_temporary(name: str, prefix: str) -> bool:
 
 def save_tape(
     path: str | os.PathLike,
-    values: Sequence[tuple[ValueInfo, np.ndarray | None]],
-    records: Sequence[RecordInfo],
+    values: Sequence[tuple[ValueInfo, np.ndarray | None]] | ValueColumns,
+    records: Sequence[RecordInfo] | RecordColumns,
     *,
     meta: dict,
     grads: dict[str, np.ndarray],
@@ -1057,6 +1413,10 @@ def save_tape(
     fsync: bool = True,
 ) -> None:
     """Write a whole tape to ``path`` atomically.
+
+    ``values`` are (ValueInfo, array or None) pairs or a ``ValueColumns``, ``records`` are
+    RecordInfos or a ``RecordColumns``: the same checks and the same bytes either way, the
+    columns at a fraction of the cost per value for a tape of many small values.
 
     The bytes go to ``.<name>.tapegrad-tmp-<pid>-<random>`` in the same folder, which is fsynced
     and renamed over ``path`` (then the folder is fsynced): a crash at any moment leaves either
@@ -1082,7 +1442,7 @@ def save_tape(
     fd = os.open(temp, flags, 0o666)
     try:
         try:
-            with _gc_paused():
+            with gc_paused():
                 _write_tape(fd, values, records, meta, grads, provenance)
             if fsync:
                 os.fsync(fd)
@@ -1104,21 +1464,17 @@ def _write_tape(fd: int, values: Any, records: Any, meta: Any, grads: Any, prove
     sink = _Sink(fd)
     sink.write(_header_bytes(packer, provenance, meta))
     ledger = _Ledger()
-    names, state = ledger.names, ledger.state
     batch = _Batcher(sink, packer, ledger)
-    for item in values:
-        try:
-            info, array = item
-        except (TypeError, ValueError):
-            raise TypeError(f"values[{len(state)}] is not a (ValueInfo, array) pair") from None
-        name, kind, dtype, shape, array, nbytes = _encode_value(info, array, ledger)
-        batch.add((name, kind, dtype, shape), array, nbytes)
-        names[name] = len(state)
-        state.append(_KIND_STATE[kind])
+    columns, problem = _value_columns(values)
+    batch.add_values(columns)
+    if problem:  # after the rows before it: the first culprit is the one named
+        raise problem
     batch.flush()
     batch.kind = RECORDS
-    for index, rec in enumerate(records):
-        batch.add_record(_encode_record(rec, index))
+    columns, problem = _record_columns(records)
+    batch.add_records(columns)
+    if problem:
+        raise problem
     batch.flush()
     batch.kind = GRADS
     if grads is not None and not isinstance(grads, Mapping):
@@ -1225,15 +1581,22 @@ class _Reader:
         self.major = self.minor = 0
         self.seq = 0
         self.ledger = _Ledger()
-        self.values: list[ValueInfo] = []
-        self.locs: list[tuple[int, int, int] | None] = []
-        self.records: list[RecordInfo] = []
+        # The values and records as columns (what the file's tables hold), never as a tuple per
+        # row: a tape of 100,000 records opens without building 200,000 objects.
+        self.values = ValueColumns([], [], [], [])
+        self.locs: list[tuple | None] = []  # per value (offset, nbytes, area), (area,) or None
+        self.records = RecordColumns([], [], [], [], [])
+        self.has_sources = False
         self.grads: dict[str, tuple[str, tuple[int, ...], tuple[int, int, int]]] = {}
         self.areas: list[tuple[int, int, int]] = []  # payload areas: (start, length, crc)
+        # area id -> (first value, count, slot, nbytes): values of one dtype and shape filling
+        # it, slot after slot; their locs are (area id,), one tuple shared by all of them
+        self.tiles: dict[int, tuple[int, int, int, int]] = {}
         self.header: HeaderBody | None = None
         self.header_meta: dict = {}
         self.footer_meta: dict | None = None
         self.ops: dict[str, str] = {}  # one str object per op name
+        self.shape_of: dict[tuple, tuple] = {}  # one tuple object per shape
         self.pos, self.kind = 0, ""  # the frame being read
 
     def release(self) -> None:
@@ -1292,7 +1655,7 @@ class _Reader:
                     f"{damage.message}, yet a valid frame follows at offset {follow}: "
                     "the file is damaged, not cut short"
                 )
-        n = len(self.records)
+        n = len(self.records.ops)
         if self.header is None:
             message = f"{self.label}: tape cut short: {damage.message}; it holds no header"
             raise TapeTruncatedError(_bounded(message), 0)
@@ -1443,13 +1806,13 @@ class _Reader:
             problem = _check_attrs_column(obj["attrs"])
             if problem is not None:  # bounded nesting before pydantic walks it
                 k, e = problem
-                n = len(self.records) + k
+                n = len(self.records.ops) + k
                 raise self.corrupt(f"{where()}: record {n}, field attrs{e.where()}: {e.problem}")
         if row and isinstance(obj, dict):
             lengths = {len(v) for v in obj.values() if type(v) is tuple}
             if len(lengths) > 1:
                 raise self.corrupt(f"{where()}: the columns differ in length {sorted(lengths)}")
-        base = len(self.records) if row == "record" else len(self.values)
+        base = len(self.records.ops) if row == "record" else len(self.values.names)
         if row == "gradient":
             base = len(self.grads)
         try:
@@ -1466,8 +1829,8 @@ class _Reader:
         obj, _ = self.body(start, end, FooterBody)
         found = {
             "frames": self.seq,
-            "values": len(self.values),
-            "records": len(self.records),
+            "values": len(self.values.names),
+            "records": len(self.records.ops),
             "grads": len(self.grads),
         }
         for key, n in found.items():
@@ -1496,6 +1859,14 @@ class _Reader:
             if nbytes is None:
                 k = list(zip(dtypes, shapes)).index((dtype, shape))
                 raise self.corrupt(f"{where()}: {row} {base + k}: shape {_short(shape)} is too big")
+        if len(sizes) == 1 and row == "value" and None not in data:  # slots of one size
+            (nbytes,) = sizes.values()
+            n, slot = len(data), _align(nbytes)
+            refs = zip(range(0, n * slot, slot), itertools.repeat(nbytes, n))
+            if nbytes and n * slot == length and all(map(operator.eq, data, refs)):
+                self.areas.append(area)
+                self.tiles[area_id] = (base, n, slot, nbytes)
+                return [(area_id,)] * n  # "in tile area_id": the place follows from the index
         nbytes = list(map(sizes.__getitem__, zip(dtypes, shapes)))
         if None in data:  # some values without bytes
             stored = [n for n, ref in zip(nbytes, data) if ref is not None]
@@ -1526,7 +1897,7 @@ class _Reader:
         where = self.here
         obj, _ = self.body(start, end, ValuesBody, "value")
         names = obj["name"]
-        base, known = len(self.values), self.ledger.names
+        base, known = len(self.values.names), self.ledger.names
         if len(set(names)) != len(names) or not known.keys().isdisjoint(names):
             seen = set(known)
             for k, name in enumerate(names):
@@ -1535,9 +1906,12 @@ class _Reader:
                 seen.add(name)
         locs = self.place(obj, area, "value", base)
         kinds = list(map(_INTERN.__getitem__, obj["kind"]))
-        dtypes = map(_INTERN.__getitem__, obj["dtype"])
         self.ledger.add_values(names, kinds)
-        self.values.extend(map(ValueInfo, names, kinds, dtypes, obj["shape"]))
+        values = self.values
+        values.names.extend(names)
+        values.kinds.extend(kinds)
+        values.dtypes.extend(map(_INTERN.__getitem__, obj["dtype"]))
+        values.shapes.extend(map(self.shape_of.setdefault, obj["shape"], obj["shape"]))
         self.locs.extend(locs)
 
     def read_grads(self, start: int, end: int, area: tuple) -> None:
@@ -1558,10 +1932,18 @@ class _Reader:
         bad = self.ledger.add_records(inputs, outputs)
         if bad:
             k, problem = bad
-            raise self.corrupt(f"{where()}: record {len(self.records) + k}: {problem}")
-        ops = list(map(self.ops.setdefault, obj["op"], obj["op"]))
-        sources = obj.get("source") or itertools.repeat(None)
-        self.records.extend(map(RecordInfo, ops, obj["attrs"], inputs, outputs, sources))
+            raise self.corrupt(f"{where()}: record {len(self.records.ops) + k}: {problem}")
+        records = self.records
+        records.ops.extend(map(self.ops.setdefault, obj["op"], obj["op"]))
+        records.attrs.extend(obj["attrs"])
+        records.inputs.extend(inputs)
+        records.outputs.extend(outputs)
+        sources = obj.get("source")
+        if sources is None:
+            records.sources.extend(itertools.repeat(None, len(inputs)))
+        else:
+            records.sources.extend(sources)
+            self.has_sources = True
 
     def result(self, complete: bool) -> TapeFile:
         header = self.header
@@ -1574,17 +1956,19 @@ class _Reader:
 class TapeFile:
     """An opened tape file: its index in memory, its arrays mapped from the file.
 
-    ``values``, ``records``, ``meta``, ``provenance`` (with ``format``, the file's format
-    version), ``grad_names``; ``complete`` is False for a cut-short file opened with
-    ``recover=True``. ``array(i)`` and ``grad(name)`` return read-only arrays that share the
-    file's memory map; a payload area's checksum is checked at the first access to it. Arrays
-    handed out stay valid after ``close()``.
+    ``value_columns`` and ``record_columns`` (lists, as read), ``values`` and ``records`` (the
+    same as ValueInfo and RecordInfo lists, built at first use), ``meta``, ``provenance`` (with
+    ``format``, the file's format version), ``grad_names``; ``complete`` is False for a cut-short
+    file opened with ``recover=True``. ``array(i)``, ``arrays_around(i)`` and ``grad(name)``
+    return read-only arrays that share the file's memory map; a payload area's checksum is
+    checked at the first access to it. Arrays handed out stay valid after ``close()``.
     """
 
     def __init__(self, reader: _Reader, meta: dict, provenance: dict, complete: bool):
         self.path = reader.path
-        self.values: list[ValueInfo] = reader.values
-        self.records: list[RecordInfo] = reader.records
+        self.value_columns: ValueColumns = reader.values
+        sources = reader.records.sources if reader.has_sources else None
+        self.record_columns: RecordColumns = reader.records._replace(sources=sources)
         self.meta: dict = meta
         self.provenance: dict = provenance
         self.complete = complete
@@ -1592,16 +1976,42 @@ class TapeFile:
         self._grads = reader.grads
         self._locs = reader.locs
         self._areas = reader.areas
+        self._tiles = reader.tiles
         self._checked = bytearray(len(reader.areas))
         self._reader = reader
-        self._index: dict[str, int] | None = None
+        # The array every value's array is a view of. Its buffer export of the map (which NumPy
+        # views keep through their base) is what makes the map's close() refuse, BufferError,
+        # while an array handed out lives; close() drops it. (An ndarray made over the map or a
+        # memoryview of it directly would keep the map object, not an export: closing it would
+        # pull the memory from under the array.)
+        self._buffer = np.frombuffer(reader.mm, np.uint8) if reader.mm is not None else None
+        self._index: dict[str, int] = reader.ledger.names  # every value's name -> its index
+        self._values: list[ValueInfo] | None = None
+        self._records: list[RecordInfo] | None = None
         self._closed = False
+
+    @property
+    def values(self) -> list[ValueInfo]:
+        if self._values is None:
+            with gc_paused():
+                self._values = list(map(ValueInfo, *self.value_columns[:4]))
+        return self._values
+
+    @property
+    def records(self) -> list[RecordInfo]:
+        if self._records is None:
+            ops, attrs, inputs, outputs, sources = self.record_columns
+            with gc_paused():
+                self._records = list(
+                    map(RecordInfo, ops, attrs, inputs, outputs, sources or itertools.repeat(None))
+                )
+        return self._records
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "cut short"
         return (
-            f"<TapeFile {self.path!r}: {len(self.values)} values, {len(self.records)} records, "
-            f"{len(self.grad_names)} gradients, {state}>"
+            f"<TapeFile {self.path!r}: {len(self.value_columns.names)} values, "
+            f"{len(self.record_columns.ops)} records, {len(self.grad_names)} gradients, {state}>"
         )
 
     def __enter__(self) -> TapeFile:
@@ -1612,25 +2022,59 @@ class TapeFile:
 
     def index_of(self, name: str) -> int:
         """The index of the value called ``name`` (KeyError if there is none)."""
-        if self._index is None:
-            self._index = {v.name: i for i, v in enumerate(self.values)}
         return self._index[name]
+
+    @property
+    def name_index(self) -> Mapping[str, int]:
+        """Every value's name -> its index: the file's own dict, shared, not to be changed."""
+        return self._index
 
     def has_array(self, index: int) -> bool:
         """Whether value ``index`` was saved with its bytes."""
         return self._locs[index] is not None
+
+    def shape_dtype(self, index: int) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype of value ``index`` (read at open: no payload is touched)."""
+        cols = self.value_columns
+        return cols.shapes[index], _NP_DTYPES[cols.dtypes[index]]
 
     def array(self, index: int) -> np.ndarray:
         """Value ``index`` as a read-only array over the file (no copy). IndexError for a bad
         index, ValueError if it was saved without its bytes, TapeCorruptError if its bytes fail
         their checksum."""
         loc = self._locs[index]
-        info = self.values[index]
+        cols = self.value_columns
         if loc is None:
-            raise ValueError(f"value {index} ({_short(info.name)}) was saved without its bytes")
-        return self._array(
-            info.dtype, info.shape, loc, lambda: f"value {index} ({_short(info.name)})"
-        )
+            name = _short(cols.names[index])
+            raise ValueError(f"value {index} ({name}) was saved without its bytes")
+        if len(loc) == 1:  # in a tile: the slot of its place in the area
+            first, _, slot, nbytes = self._tiles[loc[0]]
+            loc = (self._areas[loc[0]][0] + (index - first) * slot, nbytes, loc[0])
+        return self._array(cols.dtypes[index], cols.shapes[index], loc, self._what(index))
+
+    def arrays_around(self, index: int) -> tuple[int, list[np.ndarray]]:
+        """``(first, arrays)``: value ``index`` and, when it costs no more, its neighbours:
+        ``arrays[j]`` is value ``first + j``. When the values of one dtype and shape fill the
+        payload area holding ``index`` (a tape of many small values), one array over the area
+        gives them all, at a tenth of the cost of each alone; otherwise just value ``index``.
+        Errors as ``array``."""
+        loc = self._locs[index]
+        cols = self.value_columns
+        if loc is None or len(loc) != 1 or not cols.shapes[index]:  # 0-d: a row is a scalar
+            return index, [self.array(index)]
+        self._verify(loc[0], self._what(index))
+        first, count, slot, _ = self._tiles[loc[0]]
+        shape, dt = cols.shapes[index], _NP_DTYPES[cols.dtypes[index]]
+        strides = [dt.itemsize]
+        for d in reversed(shape[1:]):
+            strides.append(strides[-1] * d)
+        start = self._areas[loc[0]][0]
+        block = np.ndarray((count, *shape), dt, self._buffer, start, (slot, *strides[::-1]))
+        return first, list(block)
+
+    def _what(self, index: int) -> Any:
+        """Names value ``index`` in an error: the text built only when there is one."""
+        return lambda: f"value {index} ({_short(self.value_columns.names[index])})"
 
     def grad(self, name: str) -> np.ndarray:
         """The saved gradient ``name`` (KeyError if there is none), like ``array``."""
@@ -1666,12 +2110,13 @@ class TapeFile:
             out = np.empty(shape, dt)
             out.flags.writeable = False
             return out
-        return np.frombuffer(self._reader.mm, dt, nbytes // dt.itemsize, offset).reshape(shape)
+        return np.ndarray(shape, dt, self._buffer, offset)  # read-only: the map is
 
     def close(self) -> None:
         """Release the file. Arrays already returned keep the mapping alive until they go."""
         if not self._closed:
             self._closed = True
+            self._buffer = None  # the arrays handed out hold it, and so keep the map
             self._reader.release()
 
 
@@ -1696,7 +2141,7 @@ def open_tape(path: str | os.PathLike, recover: bool = False) -> TapeFile:
         os.close(fd)
     reader = _Reader(mm, size, name)
     try:
-        with _gc_paused():
+        with gc_paused():
             return reader.read(recover)
     except TapeFormatError:
         reader.release()

@@ -29,9 +29,10 @@ from tapegrad.fileformat import (
     TapeWriter,
     ValueColumns,
     ValueInfo,
-    codec,
+    layout,
     open_tape,
     save_tape,
+    writer,
 )
 from tapegrad.tape import Record, function_attrs, function_opname
 
@@ -54,10 +55,10 @@ def one_by_one() -> Iterator[None]:
     """Every bulk path of the writer and the ledger turned off: the checks and frames one value
     and one record at a time, the reference the bulk paths must agree with."""
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(codec, "_fast_values", lambda cols, ledger: None)
-        m.setattr(codec, "_fast_records", lambda cols: False)
-        m.setattr(codec._Batcher, "_add_alike", lambda self, *a: False)
-        m.setattr(codec, "_BULK_RECORDS", 10**9)
+        m.setattr(writer, "_fast_values", lambda cols, ledger: None)
+        m.setattr(writer, "_fast_records", lambda cols: False)
+        m.setattr(writer._Batcher, "_add_alike", lambda self, *a: False)
+        m.setattr(layout, "_BULK_RECORDS", 10**9)
         yield
 
 
@@ -288,13 +289,13 @@ def test_the_ledger_takes_records_at_once_as_one_by_one(kinds, data):
                 st.tuples(*[index] * 2) | st.tuples(index) | st.just(()),
                 st.tuples(index) | st.tuples(index, index) | st.just(()),
             ),
-            min_size=codec._BULK_RECORDS,
-            max_size=codec._BULK_RECORDS + 8,
+            min_size=layout._BULK_RECORDS,
+            max_size=layout._BULK_RECORDS + 8,
         )
         | _valid_batches(kinds, data)
     )
     ins, outs = [r[0] for r in records], [r[1] for r in records]
-    ledgers = [codec._Ledger() for _ in range(3)]
+    ledgers = [layout._Ledger() for _ in range(3)]
     for ledger in ledgers:
         ledger.add_values([f"v{i}" for i in range(n)], kinds)
     bulk, through_the_api, one_by_one = ledgers
@@ -325,7 +326,7 @@ def _valid_batches(kinds: list[str], data) -> st.SearchStrategy:
         ins = tuple(data.draw(st.lists(st.sampled_from(made), max_size=2))) if made else ()
         batch.append((ins, (o,)))
         made.append(o)
-    while len(batch) < codec._BULK_RECORDS:
+    while len(batch) < layout._BULK_RECORDS:
         batch.append(
             (tuple(data.draw(st.lists(st.sampled_from(made), max_size=2))) if made else (), ())
         )

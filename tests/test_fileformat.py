@@ -35,7 +35,6 @@ from tapegrad.fileformat import (
     save_tape,
     schema_json,
 )
-from tapegrad.fileformat.codec import TEMP_MARK
 from tapegrad.fileformat.models import (
     MAX_BODY_LEN,
     MAX_DEPTH,
@@ -45,6 +44,7 @@ from tapegrad.fileformat.models import (
     RecordsBody,
     ValuesBody,
 )
+from tapegrad.fileformat.writer import TEMP_MARK
 
 ROOT = Path(__file__).resolve().parent.parent
 PROV = {

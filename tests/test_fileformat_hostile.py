@@ -29,7 +29,7 @@ from tapegrad.errors import (
     UnsupportedVersionError,
 )
 from tapegrad.fileformat import RecordInfo, TapeWriter, ValueInfo, open_tape, save_tape
-from tapegrad.fileformat.codec import MAX_MESSAGE
+from tapegrad.fileformat.layout import MAX_MESSAGE
 
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 PROV = {

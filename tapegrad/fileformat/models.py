@@ -14,7 +14,7 @@ limits a reader enforces.
 
 Which checks run where: a reader validates every frame body with these models, one pydantic call
 per frame (a frame holds up to thousands of records), then checks what a schema cannot say (indices
-that point at earlier values, unique names, byte offsets) by hand in ``codec.py``. A writer checks
+that point at earlier values, unique names, byte offsets) by hand in ``reader.py``. A writer checks
 values and records by hand, a column at a time, and one by one where that finds a problem (so
 that its error names the culprit), and validates the header and footer with these models;
 ``tests/test_fileformat.py`` checks that whatever the writer accepts, the models accept.

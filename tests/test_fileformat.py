@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tapegrad.fileformat.writer as W
 from tapegrad.errors import TapeFormatError, TapeTruncatedError
 from tapegrad.fileformat import (
     ALLOWED_DTYPES,
@@ -618,6 +619,78 @@ def test_a_killed_save_leaves_the_old_file(tmp_path, mode):
     save(path, [(ValueInfo("new", "input", "<f8", (1,)), np.ones(1))])
     assert temporaries(tmp_path, "model.tape") == [mine.name]  # the dead one's is gone
     assert open_tape(path).values[0].name == "new"
+
+
+def _three_values(k: float) -> list:
+    return [
+        (ValueInfo(f"v{i}", "input", "<f8", (100_000,)), np.full(100_000, k + i)) for i in range(3)
+    ]
+
+
+def _arrays(path: Path) -> list:
+    with open_tape(path) as f:
+        assert f.complete
+        return [f.array(i).copy() for i in range(len(f.values))]
+
+
+def test_a_durable_save_starts_writeback_as_it_writes(tmp_path, monkeypatch):
+    """With fsync (the default) each chunk is handed to the kernel for writeback as soon as it is
+    written, in ranges that tile the file; with fsync=False nothing is. Same bytes either way."""
+    if W._START_WRITEBACK is None:
+        pytest.skip("no writeback hint (posix_fadvise) on this platform")
+    calls = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        calls.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(W, "_WRITEBACK_CHUNK", 64 * 1024)
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    save(tmp_path / "a.tape", _three_values(1.0))
+    assert len(calls) >= 3 and {advice for _, _, advice in calls} == {W._START_WRITEBACK}
+    ends = [0] + [offset + length for offset, length, _ in calls]
+    assert [offset for offset, _, _ in calls] == ends[:-1]  # contiguous from byte 0
+    assert all(length >= 64 * 1024 for _, length, _ in calls)
+    assert ends[-1] <= os.path.getsize(tmp_path / "a.tape")
+    calls.clear()
+    save_tape(
+        tmp_path / "b.tape", _three_values(1.0), [], meta={}, grads={}, provenance=PROV, fsync=False
+    )
+    assert calls == []
+    for a, b in zip(_arrays(tmp_path / "a.tape"), _arrays(tmp_path / "b.tape")):
+        assert np.array_equal(a, b)
+
+
+def test_a_save_over_a_big_tape_frees_the_old_one_after_the_rename(tmp_path, monkeypatch):
+    """The replaced file is held open across the rename and closed on another thread: readers
+    see the new tape at once, the old one's descriptor is closed, and a small, missing or
+    non-regular target is not held at all."""
+    path = tmp_path / "big.tape"
+    save(path, _three_values(0.0))
+    monkeypatch.setattr(W, "_RELEASE_LATER_MIN", 1024)
+    held, closed = [], threading.Event()
+    real_hold, real_close = W._hold_replaced, os.close
+
+    def hold(target):
+        fd = real_hold(target)
+        held.append(fd)
+        return fd
+
+    def close(fd):
+        real_close(fd)
+        if held and fd == held[0]:
+            closed.set()
+
+    monkeypatch.setattr(W, "_hold_replaced", hold)
+    monkeypatch.setattr(os, "close", close)
+    save(path, _three_values(10.0))
+    assert held[0] is not None and closed.wait(10)
+    assert [a[0] for a in _arrays(path)] == [10.0, 11.0, 12.0]
+    monkeypatch.setattr(W, "_RELEASE_LATER_MIN", 10**12)
+    assert real_hold(str(path)) is None  # small
+    assert real_hold(str(tmp_path / "missing.tape")) is None
+    assert real_hold(str(tmp_path)) is None  # not a regular file
 
 
 # -- loading runs nothing ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import itertools
 import operator
 import os
 import secrets
+import stat
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,15 @@ _THREAD_MIN = 8 * 1024 * 1024
 _BATCH_AREA = 1024 * 1024
 _BATCH_ROWS = 8192
 _SINK_BUFFER = 1024 * 1024
+# A save that ends with an fsync asks the kernel to start writing each _WRITEBACK_CHUNK to disk
+# as soon as it is written, so the disk works while the rest is copied and the final fsync has
+# little left to wait for (on Linux, POSIX_FADV_DONTNEED starts writeback of dirty pages; the
+# pages stay cached while they are being written).
+_WRITEBACK_CHUNK = 8 * 1024 * 1024
+_START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None) if sys.platform == "linux" else None
+# The file a save replaces is released (its blocks and cached pages freed, tens of ms per 100 MB)
+# on another thread from this size on, after the new file is in place.
+_RELEASE_LATER_MIN = 16 * 1024 * 1024
 
 
 # -- encoding: checking what the caller gives --------------------------------------------------
@@ -775,26 +785,41 @@ class _Sink:
     """Sequential writes to a descriptor: small pieces are gathered, big ones are written
     straight from the caller's memory (no copy)."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, writeback: bool = False):
         self.fd = fd
-        self.pos = 0
+        self.pos = 0  # bytes written or buffered
         self.buf = bytearray()
+        # where writeback was last started, or None when the caller will not fsync
+        self.synced = 0 if writeback and _START_WRITEBACK is not None else None
 
     def write(self, data: Any) -> None:
         n = len(data)
         if n >= _OWN_FRAME_MIN:
             self.flush()
             _write_all(self.fd, [data])
+            self.pos += n
+            self._writeback()
         else:
             self.buf += data
+            self.pos += n
             if len(self.buf) >= _SINK_BUFFER:
                 self.flush()
-        self.pos += n
 
     def flush(self) -> None:
         if self.buf:
             _write_all(self.fd, [self.buf])
             self.buf = bytearray()
+            self._writeback()
+
+    def _writeback(self) -> None:
+        start = self.synced
+        if start is not None and self.pos - start >= _WRITEBACK_CHUNK:
+            try:
+                os.posix_fadvise(self.fd, start, self.pos - start, _START_WRITEBACK)
+            except OSError:  # a hint only: the fsync at the end is what makes the file durable
+                self.synced = None
+                return
+            self.synced = self.pos
 
 
 class _Batcher:
@@ -1100,12 +1125,16 @@ def save_tape(
     try:
         try:
             with gc_paused():
-                _write_tape(fd, values, records, meta, grads, provenance)
+                _write_tape(fd, values, records, meta, grads, provenance, fsync)
             if fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, target)
+        replaced = _hold_replaced(target)
+        try:
+            os.replace(temp, target)
+        finally:
+            _release(replaced)
     except BaseException:
         try:
             os.unlink(temp)
@@ -1116,9 +1145,39 @@ def save_tape(
         _fsync_dir(folder)
 
 
-def _write_tape(fd: int, values: Any, records: Any, meta: Any, grads: Any, provenance: Any):
+def _hold_replaced(target: str) -> int | None:
+    """A descriptor of the big regular file that ``target`` names, or None. Holding it open
+    across the rename leaves freeing that file's blocks and cached pages to ``_release``
+    instead of ``os.replace``."""
+    if os.name != "posix":  # Windows refuses to replace a file that is open
+        return None
+    try:
+        st = os.stat(target)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < _RELEASE_LATER_MIN:
+            return None
+        # O_NONBLOCK: should the name have become a FIFO since the stat, opening it must not wait
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    """Close ``fd`` on another thread: when it held the last reference to a replaced file, the
+    close frees it, and the save need not wait for that."""
+    if fd is None:
+        return
+    try:
+        threading.Thread(target=os.close, args=(fd,), name="tapegrad-release", daemon=True).start()
+    except RuntimeError:  # no new threads (the interpreter is shutting down)
+        os.close(fd)
+
+
+def _write_tape(
+    fd: int, values: Any, records: Any, meta: Any, grads: Any, provenance: Any, fsync: bool
+):
     packer = _packer()
-    sink = _Sink(fd)
+    sink = _Sink(fd, writeback=fsync)
     sink.write(_header_bytes(packer, provenance, meta))
     ledger = _Ledger()
     batch = _Batcher(sink, packer, ledger)

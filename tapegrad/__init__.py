@@ -17,6 +17,7 @@ from .errors import (
     UnknownOpError,
     UnsupportedVersionError,
 )
+from .parallel import get_num_threads, set_num_threads
 from .registry import register_op, registered_ops
 from .tape import Record, Tape, record
 
@@ -53,12 +54,14 @@ __all__ = [
     "Variable",
     "as_array",
     "diff",
+    "get_num_threads",
     "load",
     "as_variable",
     "no_grad",
     "record",
     "register_op",
     "registered_ops",
+    "set_num_threads",
     "test_mode",
     "using_config",
 ]

@@ -19,13 +19,21 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+import sys
 import weakref
 from typing import Any
 
 import numpy as np
 
+from . import parallel as _par
 from .config import _state
 from .registry import _OPS
+
+# sys.getrefcount counts every reference (CPython with its GIL): an array nothing else refers to
+# may then be kept or overwritten instead of copied (see Tape._external and _accumulate)
+_EXACT_REFCOUNTS = (
+    sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
 
 _counter = itertools.count(1)
 _wref = weakref.ref
@@ -618,6 +626,29 @@ def _backward_general(f: Function, grads: dict, retain_grad: bool, create_graph:
     return f.vjp(gys[0], xs, y)
 
 
+def _refs_of_sole(a: np.ndarray) -> int:
+    return sys.getrefcount(a)
+
+
+def _calibrate() -> int:
+    """What ``_accumulate`` sees for an array held only by a dict and its caller's variable."""
+    grads = {0: np.empty(1)}
+    prev = grads.get(0)
+    return _refs_of_sole(prev)
+
+
+_SOLE = _calibrate()
+
+
+def _accumulate(prev: np.ndarray, gx: Any) -> np.ndarray:
+    """``prev + gx`` for a big gradient: written into ``prev`` when only the backward's table of
+    gradients (and the caller) refers to it, so no new array is made (the same numbers)."""
+    into = None
+    if _EXACT_REFCOUNTS and prev.base is None and sys.getrefcount(prev) <= _SOLE:
+        into = prev
+    return _par.ew(np.add, prev, gx, into=into)
+
+
 def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
     if root.grad is None:
         seed = np.ones_like(root._data)
@@ -671,7 +702,12 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
                 if gx is None or x.__class__ in _CONSTANTS:
                     continue
                 prev = grads.get(x)
-                grads[x] = gx if prev is None else prev + gx
+                if prev is None:
+                    grads[x] = gx
+                elif prev.__class__ is np.ndarray and prev.size >= _par.BIG:
+                    grads[x] = _accumulate(prev, gx)
+                else:
+                    grads[x] = prev + gx
                 c = x.creator
                 if c is None:
                     leaves[x] = None

@@ -3,14 +3,26 @@
 Binary ops broadcast like NumPy; their rules sum each gradient back to its input's shape.
 Masks in rules (relu, clip, ...) are taken from the input *values*, so with create_graph they are
 constants of the backward graph, as in DeZero.
+
+Arrays of ``parallel.BIG`` elements or more take a second path, in the forwards and in the rules
+on raw arrays: the same arithmetic through ``parallel.ew`` (split across threads, the same numbers
+bit for bit), with the rule's temporaries reused instead of allocated anew.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import parallel as par
 from ..registry import register_op
 from .base import Op, value, xp
+
+ew = par.ew
+
+
+def _big(a) -> bool:
+    """Whether rule input ``a`` is a raw array big enough for the threaded path."""
+    return isinstance(a, np.ndarray) and a.size >= par.BIG
 
 
 def _to_shapes(gx0, gx1, xs):
@@ -36,6 +48,8 @@ class Add(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.add, x0, x1)
         return x0 + x1
 
     def vjp(self, gy, xs, y):
@@ -49,11 +63,13 @@ class Sub(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.subtract, x0, x1)
         return x0 - x1
 
     def vjp(self, gy, xs, y):
         """d(x0 - x1) = (gy, -gy)"""
-        return _to_shapes(gy, -gy, xs)
+        return _to_shapes(gy, ew(np.negative, gy) if _big(gy) else -gy, xs)
 
 
 @register_op("mul")
@@ -61,11 +77,15 @@ class Mul(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.multiply, x0, x1)
         return x0 * x1
 
     def vjp(self, gy, xs, y):
         """d(x0 * x1) = (gy * x1, gy * x0)"""
         x0, x1 = xs
+        if _big(gy):
+            return _to_shapes(ew(np.multiply, gy, x1), ew(np.multiply, gy, x0), xs)
         return _to_shapes(gy * x1, gy * x0, xs)
 
 
@@ -74,11 +94,17 @@ class Div(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.true_divide, x0, x1)
         return x0 / x1
 
     def vjp(self, gy, xs, y):
         """d(x0 / x1) = (gy / x1, -gy * x0 / x1**2)"""
         x0, x1 = xs
+        if _big(gy):
+            t = ew(np.square, x1)  # x1**2 is np.square(x1) in NumPy
+            t = ew(np.true_divide, ew(np.negative, x0), t, into=t)
+            return _to_shapes(ew(np.true_divide, gy, x1), ew(np.multiply, gy, t, into=t), xs)
         return _to_shapes(gy / x1, gy * (-x0 / x1**2), xs)
 
 
@@ -88,11 +114,11 @@ class Neg(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return -x
+        return ew(np.negative, x) if x.size >= par.BIG else -x
 
     def vjp(self, gy, xs, y):
         """d(-x) = -gy"""
-        return (-gy,)
+        return (ew(np.negative, gy) if _big(gy) else -gy,)
 
 
 @register_op("pow")
@@ -105,13 +131,33 @@ class Pow(Elementwise):
         self.c = c
 
     def forward(self, x):
+        if x.size >= par.BIG:
+            return _power(x, self.c)
         return x**self.c
 
     def vjp(self, gy, xs, y):
         """d(x**c) = c * x**(c-1) * gy"""
         (x,) = xs
         c = self.c
+        if _big(gy) and _big(x):
+            t = ew(np.multiply, c, _power(x, c - 1))
+            return (ew(np.multiply, t, gy, into=t),)
         return (c * x ** (c - 1) * gy,)
+
+
+# What ``x ** c`` computes in NumPy for an inexact array and these exponents (its fast paths)
+_POWER_FAST = {1: np.positive, 2: np.square, 0.5: np.sqrt, -1: np.reciprocal}
+
+
+def _power(x: np.ndarray, c) -> np.ndarray:
+    """``x ** c`` on a big array: NumPy's own shortcut ufunc for the exponents it special-cases,
+    else np.power, either through ``ew``; odd cases (integer arrays, array exponents) as is."""
+    if x.dtype.kind in "fc" and isinstance(c, (int, float, np.integer, np.floating)):
+        fast = _POWER_FAST.get(c) if not isinstance(c, bool) else None
+        if fast is not None:
+            return ew(fast, x)
+        return ew(np.power, x, c)
+    return x**c
 
 
 @register_op("square")
@@ -119,10 +165,13 @@ class Square(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return x**2
+        return ew(np.square, x) if x.size >= par.BIG else x**2
 
     def vjp(self, gy, xs, y):
         """d(x**2) = 2 * x * gy"""
+        if _big(gy):
+            t = ew(np.multiply, 2, xs[0])
+            return (ew(np.multiply, t, gy, into=t),)
         return (2 * xs[0] * gy,)
 
 
@@ -134,10 +183,13 @@ class Sqrt(Elementwise):
     needs_y = True
 
     def forward(self, x):
-        return np.sqrt(x)
+        return ew(np.sqrt, x) if x.size >= par.BIG else np.sqrt(x)
 
     def vjp(self, gy, xs, y):
         """d sqrt(x) = gy / (2 * y)"""
+        if _big(gy):
+            t = ew(np.multiply, 2, y)
+            return (ew(np.true_divide, gy, t, into=t),)
         return (gy / (2 * y),)
 
 
@@ -149,11 +201,11 @@ class Exp(Elementwise):
     needs_y = True
 
     def forward(self, x):
-        return np.exp(x)
+        return ew(np.exp, x) if x.size >= par.BIG else np.exp(x)
 
     def vjp(self, gy, xs, y):
         """d exp(x) = gy * y"""
-        return (gy * y,)
+        return (ew(np.multiply, gy, y) if _big(gy) else gy * y,)
 
 
 @register_op("log")
@@ -161,11 +213,11 @@ class Log(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return np.log(x)
+        return ew(np.log, x) if x.size >= par.BIG else np.log(x)
 
     def vjp(self, gy, xs, y):
         """d log(x) = gy / x"""
-        return (gy / xs[0],)
+        return (ew(np.true_divide, gy, xs[0]) if _big(gy) else gy / xs[0],)
 
 
 @register_op("sin")
@@ -173,10 +225,13 @@ class Sin(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return np.sin(x)
+        return ew(np.sin, x) if x.size >= par.BIG else np.sin(x)
 
     def vjp(self, gy, xs, y):
         """d sin(x) = gy * cos(x)"""
+        if _big(gy) and _big(xs[0]):
+            t = ew(np.cos, xs[0])
+            return (ew(np.multiply, gy, t, into=t),)
         return (gy * xp.cos(xs[0]),)
 
 
@@ -185,10 +240,14 @@ class Cos(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return np.cos(x)
+        return ew(np.cos, x) if x.size >= par.BIG else np.cos(x)
 
     def vjp(self, gy, xs, y):
         """d cos(x) = -gy * sin(x)"""
+        if _big(gy) and _big(xs[0]):
+            t = ew(np.sin, xs[0])
+            t = ew(np.negative, t, into=t)
+            return (ew(np.multiply, gy, t, into=t),)
         return (gy * -xp.sin(xs[0]),)
 
 
@@ -200,10 +259,14 @@ class Tanh(Elementwise):
     needs_y = True
 
     def forward(self, x):
-        return np.tanh(x)
+        return ew(np.tanh, x) if x.size >= par.BIG else np.tanh(x)
 
     def vjp(self, gy, xs, y):
         """d tanh(x) = gy * (1 - y**2)"""
+        if _big(gy):
+            t = ew(np.multiply, y, y)
+            t = ew(np.subtract, 1, t, into=t)
+            return (ew(np.multiply, gy, t, into=t),)
         return (gy * (1 - y * y),)
 
 
@@ -228,10 +291,18 @@ class Sigmoid(Elementwise):
     needs_y = True
 
     def forward(self, x):
+        if x.size >= par.BIG:  # the same three steps, the temporary reused
+            t = ew(np.multiply, x, 0.5)
+            t = ew(np.tanh, t, into=t)
+            t = ew(np.multiply, t, 0.5, into=t)
+            return ew(np.add, t, 0.5, into=t)
         return np.tanh(x * 0.5) * 0.5 + 0.5  # DeZero's form: stable for large |x|
 
     def vjp(self, gy, xs, y):
         """d sigmoid(x) = gy * y * (1 - y)"""
+        if _big(gy):
+            t = ew(np.multiply, gy, y)
+            return (ew(np.multiply, t, ew(np.subtract, 1, y), into=t),)
         return (gy * y * (1 - y),)
 
 
@@ -240,10 +311,12 @@ class ReLU(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return np.maximum(x, 0.0)
+        return ew(np.maximum, x, 0.0) if x.size >= par.BIG else np.maximum(x, 0.0)
 
     def vjp(self, gy, xs, y):
         """d relu(x) = gy * (x > 0)"""
+        if _big(gy):
+            return (ew(np.multiply, gy, ew(np.greater, xs[0], 0)),)
         return (gy * (value(xs[0]) > 0),)
 
 

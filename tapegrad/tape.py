@@ -31,15 +31,21 @@ import numpy as np
 
 from ._gc import gc_paused
 from .config import _state
-from .core import Constant, Variable, _lenders, _out_refs, _ScalarConstant
+from .core import (
+    _EXACT_REFCOUNTS,
+    Constant,
+    Variable,
+    _give_back,
+    _lenders,
+    _out_refs,
+    _ScalarConstant,
+)
 
 _serials = itertools.count(1)
 _SLOT_LOCK = threading.Lock()
-# sys.getrefcount counts every reference (CPython with its GIL): a tape may then keep a leaf's
-# array without copying it when nothing else refers to it (see Tape._external)
-_EXACT_REFCOUNTS = (
-    sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
-)
+# Tapes inside their with-block, by serial. A Variable's slot (_tt) that names a tape not in here
+# (its block is over, or it is gone) is free: the next tape to record the Variable claims it.
+_recording: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 INPUT, CONST, OP = "input", "const", "op"
@@ -287,10 +293,14 @@ class Tape:
         to the array (a parameter, typically): then the tape keeps the array itself, and
         ``x.data`` gives ``x`` a copy of its own before anyone can reach the array to change it,
         if this tape is still alive then (see ``core._give_back``). A training step whose tape is
-        gone before the update copies nothing."""
+        gone before the update copies nothing, this step's and every later step's (the slot
+        of a tape whose block is over is free again)."""
         with _SLOT_LOCK:  # a parameter shared by tapes in several threads: one owner of the slot
-            claimed = x._tt == 0
+            slot = x._tt
+            claimed = slot == 0 or (slot != self._serial and slot not in _recording)
             if claimed:
+                if x._ti < 0:  # the array is lent to the slot's last tape: it keeps it, if alive
+                    _give_back(x)
                 x._tt = self._serial
             elif x._tt != self._serial:
                 self._ids[id(x)] = x._ver
@@ -758,6 +768,7 @@ class Tape:
         # The pending calls are turned into records only when first needed (never, for a tape
         # that only served a live backward); they hold their Variables, so ids stay unique.
         self._closed = True
+        _recording.pop(self._serial, None)
         self._ids.clear()
         self._pins.clear()
         self._ext.clear()
@@ -816,6 +827,7 @@ def record(
     tape = Tape(source=source, meta=meta)
     if path is not None:
         tape._start_stream(path)
+    _recording[tape._serial] = tape
     st = _state.get()
     _state.set(st.replace(tapes=st.tapes + (tape,)))
     try:

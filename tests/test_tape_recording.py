@@ -136,6 +136,42 @@ def test_a_leaf_array_nothing_else_holds_is_kept_without_a_copy():
     np.testing.assert_array_equal(W.data, [0.0, 0.0, 0.0])
 
 
+def test_every_training_step_keeps_a_parameter_without_a_copy():
+    # Each step's tape is gone by the update, so every step (not only the first) keeps W's
+    # array as it is, and W keeps that very array through all the updates.
+    W = tapegrad.Parameter(np.arange(3.0), name="W")
+    original = weakref.ref(W._data)
+    for step in range(3):
+        W.cleargrad()
+        with tapegrad.record() as tape:
+            F.sum(W * W).backward()
+        assert np.shares_memory(tape["W"], original()), step
+        del tape
+        W.data -= 0.25 * W.grad.data
+        assert W.data is original()
+    np.testing.assert_array_equal(W.data, np.arange(3.0) * 0.5**3)
+
+
+def test_a_parameter_lent_to_a_tape_that_is_kept_is_copied_for_the_next_tape():
+    W = tapegrad.Parameter(np.arange(3.0), name="W")
+    with tapegrad.record() as first:
+        F.sum(W * W).backward()
+    kept = first["W"]
+    with tapegrad.record() as second:
+        F.sum(W * 3.0)
+    W.data[...] = -1.0  # in place, through the Variable
+    np.testing.assert_array_equal(first["W"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(second["W"], [0.0, 1.0, 2.0])
+    assert np.shares_memory(first["W"], kept)
+    with tapegrad.record() as outer:  # a slot named by a tape still recording is not taken
+        F.sum(W * 2.0)
+        with tapegrad.record() as inner:
+            F.sum(W * 4.0)
+        F.sum(W * 5.0)
+    assert outer.inputs == ["W"] and inner.inputs == ["W"]
+    assert len(outer.records) == 6 and len(inner.records) == 2
+
+
 def test_reaching_a_kept_array_while_its_tape_lives_gives_the_variable_a_copy():
     W = tapegrad.Parameter(np.arange(3.0), name="W")
     with tapegrad.record() as tape:

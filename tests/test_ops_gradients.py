@@ -28,6 +28,7 @@ from gradcheck_util import (
 import tapegrad
 import tapegrad.functions as F
 from tapegrad import Variable
+from tapegrad.registry import _OPS as _OPS_TABLE
 
 
 @pytest.fixture(autouse=True)
@@ -970,3 +971,34 @@ def test_values_backward_leaves_out_what_no_rule_reads(tmp_path):
     with pytest.raises(KeyError, match="not saved"):
         bare[bare.outputs[0]]
     y.backward()
+
+
+# -- 0-d values as NumPy scalars ---------------------------------------------------------------
+
+SCALAR_RULE_OPS = sorted(name for name, cls in _OPS_TABLE.items() if cls.scalar_rule)
+SPECIAL = [0.3, -1.7, 0.0, -0.0, 1e-310, -1e300, np.inf, -np.inf, np.nan, 2.5e-8, 7.0]
+
+
+def test_the_ops_that_take_scalars_are_the_expected_ones():
+    assert SCALAR_RULE_OPS == sorted(
+        ["mul", "square", "sqrt", "exp", "log", "sin", "cos", "tanh", "sigmoid"]
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("name", SCALAR_RULE_OPS)
+def test_a_scalar_rule_gives_the_same_bits_on_scalars_and_0d_arrays(name, dtype):
+    """backward passes 0-d float values of these ops to their rules as NumPy scalars; an offline
+    backward passes 0-d arrays: both must give the same bits, special values included."""
+    cls = _OPS_TABLE[name]
+    n = 2 if name == "mul" else 1
+    with np.errstate(all="ignore"):
+        for i, v in enumerate(SPECIAL):
+            xs = [np.array(v, dtype), np.array(SPECIAL[(i + 3) % len(SPECIAL)], dtype)][:n]
+            gy = np.array(SPECIAL[(i + 5) % len(SPECIAL)], dtype)[()]
+            y = np.asarray(cls().forward(*xs))
+            on_arrays = cls().vjp(gy, tuple(xs), y)
+            on_scalars = cls().vjp(gy, tuple(x[()] for x in xs), y[()])
+            for a, b in zip(on_arrays, on_scalars):
+                a, b = np.asarray(a), np.asarray(b)
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (name, v)

@@ -21,8 +21,9 @@ ew = par.ew
 
 
 def _big(a) -> bool:
-    """Whether rule input ``a`` is a raw array big enough for the threaded path."""
-    return isinstance(a, np.ndarray) and a.size >= par.BIG
+    """Whether rule input ``a`` takes the threaded path: a raw array (not a Variable, not one of
+    the NumPy scalars that 0-d arithmetic gives) of ``parallel.BIG`` elements or more."""
+    return a.__class__ is np.ndarray and a.size >= par.BIG
 
 
 def _to_shapes(gx0, gx1, xs):
@@ -75,6 +76,7 @@ class Sub(Elementwise):
 @register_op("mul")
 class Mul(Elementwise):
     __slots__ = ()
+    scalar_rule = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:
@@ -163,6 +165,7 @@ def _power(x: np.ndarray, c) -> np.ndarray:
 @register_op("square")
 class Square(Elementwise):
     __slots__ = ()
+    scalar_rule = True
 
     def forward(self, x):
         return ew(np.square, x) if x.size >= par.BIG else x**2
@@ -179,6 +182,7 @@ class Square(Elementwise):
 class Sqrt(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_rule = True
 
     needs_y = True
 
@@ -197,6 +201,7 @@ class Sqrt(Elementwise):
 class Exp(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_rule = True
 
     needs_y = True
 
@@ -211,6 +216,7 @@ class Exp(Elementwise):
 @register_op("log")
 class Log(Elementwise):
     __slots__ = ()
+    scalar_rule = True
 
     def forward(self, x):
         return ew(np.log, x) if x.size >= par.BIG else np.log(x)
@@ -223,6 +229,7 @@ class Log(Elementwise):
 @register_op("sin")
 class Sin(Elementwise):
     __slots__ = ()
+    scalar_rule = True
 
     def forward(self, x):
         return ew(np.sin, x) if x.size >= par.BIG else np.sin(x)
@@ -238,6 +245,7 @@ class Sin(Elementwise):
 @register_op("cos")
 class Cos(Elementwise):
     __slots__ = ()
+    scalar_rule = True
 
     def forward(self, x):
         return ew(np.cos, x) if x.size >= par.BIG else np.cos(x)
@@ -255,6 +263,7 @@ class Cos(Elementwise):
 class Tanh(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_rule = True
 
     needs_y = True
 
@@ -287,6 +296,7 @@ class Abs(Elementwise):
 class Sigmoid(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_rule = True
 
     needs_y = True
 

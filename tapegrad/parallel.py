@@ -167,8 +167,9 @@ def _plan(ufunc: np.ufunc, args: tuple, into: np.ndarray | None):
         return None
     if into is not None and _fits(ufunc, args, into):
         out = into
-    else:
-        out = np.empty(shape, dtype)
+    else:  # laid out as NumPy would (order="K": like the first argument of the full shape)
+        like = next((a for a in arrays if a.shape == shape), None)
+        out = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype)
     n = _threads
     if shape[0] >= n:  # slices of the first axis; inputs that broadcast along it pass whole
         cuts = [shape[0] * i // n for i in range(n + 1)]
@@ -179,7 +180,7 @@ def _plan(ufunc: np.ufunc, args: tuple, into: np.ndarray | None):
                 return a[lo:hi]
             return a
 
-    elif all(a.shape == shape and a.flags.c_contiguous for a in arrays):
+    elif out.flags.c_contiguous and all(a.shape == shape and a.flags.c_contiguous for a in arrays):
         cuts = [size * i // n for i in range(n + 1)]
         args = tuple(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args)
         flat_out = out.reshape(-1)

@@ -84,6 +84,20 @@ def test_into_is_used_only_when_it_changes_nothing(threaded):
     assert par.ew(np.negative, view, into=view) is not view  # a view may share memory: no
 
 
+def test_the_output_is_laid_out_as_numpy_lays_it_out(threaded):
+    f = np.asfortranarray(A)
+    for args in [(f,), (A,)]:
+        r = par.ew(np.sin, *args)
+        assert same(r, np.sin(*args)) and r.strides == np.sin(*args).strides
+    t = np.cos(f)  # a Fortran-ordered temporary, reused
+    r = par.ew(np.multiply, f, t, into=t)
+    assert same(r, f * np.cos(f))
+    two = np.ascontiguousarray(A[:2])  # fewer rows than threads: cut in the flat order
+    t = np.asfortranarray(np.cos(two))
+    r = par.ew(np.negative, two, into=t)
+    assert same(r, -two)
+
+
 def test_subclasses_and_odd_arguments_get_the_plain_call(threaded):
     m = np.ma.masked_array(A, mask=A > 1)
     assert isinstance(par.ew(np.sin, m), np.ma.MaskedArray)

@@ -662,10 +662,13 @@ class TapeWriter:
         self._broken = False
         self._closed = True
         head = _header_bytes(self._packer, provenance, meta)
+        replaced = _hold_replaced(self.path)  # freed on another thread (see save_tape)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        finally:
+            _release(replaced)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(self.path, flags, 0o666)
         try:

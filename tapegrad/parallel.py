@@ -201,13 +201,18 @@ def _plan(ufunc: np.ufunc, args: tuple, into: np.ndarray | None):
 
 def _run(ufunc: np.ufunc, jobs: list, out: np.ndarray) -> np.ndarray:
     pool = _workers()
-    futures = [
-        pool.submit(contextvars.copy_context().run, _slice, ufunc, job_args, job_out)
-        for job_args, job_out in jobs[1:]
-    ]
+    futures, here = [], [jobs[0]]
+    for job_args, job_out in jobs[1:]:
+        try:
+            futures.append(
+                pool.submit(contextvars.copy_context().run, _slice, ufunc, job_args, job_out)
+            )
+        except RuntimeError:  # set_num_threads shut this pool down meanwhile: compute it here
+            here.append((job_args, job_out))
     error: BaseException | None = None
     try:
-        _slice(ufunc, *jobs[0])
+        for job_args, job_out in here:
+            _slice(ufunc, job_args, job_out)
     except BaseException as e:  # wait for the other slices before raising: they write into out
         error = e
     for f in futures:

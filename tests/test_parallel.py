@@ -117,6 +117,15 @@ def test_set_num_threads():
             tapegrad.set_num_threads(bad)
 
 
+def test_a_pool_shut_down_meanwhile_leaves_the_work_to_the_caller(threaded):
+    pool = par._workers()
+    pool.shutdown()  # as set_num_threads in another thread, between _workers() and submit
+    try:
+        assert same(par._run(np.sin, *par._plan(np.sin, (A,), None)), np.sin(A))
+    finally:
+        par.set_num_threads(3)
+
+
 @pytest.mark.parametrize(
     "env,expected", [({"TAPEGRAD_NUM_THREADS": "3"}, "3"), ({"OMP_NUM_THREADS": "2"}, "2")]
 )

@@ -173,7 +173,7 @@ def test_a_forked_child_computes_with_threads_of_its_own():
 
 UNARY = ["neg", "square", "sqrt", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu"]
 BINARY = ["add", "sub", "mul", "div"]
-POWERS = [2, 3, 0.5, -1, 1, 1.5, -2.5, 0]
+POWERS = [2, 3, 0.5, -1, 1, 1.5, -2.5, 0, 2.0, np.float64(0.5), np.float64(2), np.int64(3)]
 
 
 def _inputs(op: str, dtype) -> np.ndarray:

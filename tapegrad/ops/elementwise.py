@@ -152,13 +152,11 @@ _POWER_FAST = {1: np.positive, 2: np.square, 0.5: np.sqrt, -1: np.reciprocal}
 
 
 def _power(x: np.ndarray, c) -> np.ndarray:
-    """``x ** c`` on a big array: NumPy's own shortcut ufunc for the exponents it special-cases,
-    else np.power, either through ``ew``; odd cases (integer arrays, array exponents) as is."""
-    if x.dtype.kind in "fc" and isinstance(c, (int, float, np.integer, np.floating)):
-        fast = _POWER_FAST.get(c) if not isinstance(c, bool) else None
-        if fast is not None:
-            return ew(fast, x)
-        return ew(np.power, x, c)
+    """``x ** c`` on a big array: for a real float array and a Python int or float exponent,
+    NumPy's own shortcut ufunc for the exponents it special-cases, else np.power, through ``ew``;
+    anything else (NumPy scalar exponents, which may promote, integer or complex arrays) as is."""
+    if x.dtype.kind == "f" and type(c) in (int, float):
+        return ew(_POWER_FAST.get(c, np.power), x, *(() if c in _POWER_FAST else (c,)))
     return x**c
 
 

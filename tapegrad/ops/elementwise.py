@@ -142,7 +142,10 @@ class Pow(Elementwise):
         (x,) = xs
         c = self.c
         if _big(gy) and _big(x):
-            t = ew(np.multiply, c, _power(x, c - 1))
+            # x ** 1 is an exact copy of x: for x ** 2 (the usual case) skip making it
+            t = ew(
+                np.multiply, c, x if c - 1 == 1 and type(c) in (int, float) else _power(x, c - 1)
+            )
             return (ew(np.multiply, t, gy, into=t),)
         return (c * x ** (c - 1) * gy,)
 

@@ -117,6 +117,27 @@ def test_set_num_threads():
             tapegrad.set_num_threads(bad)
 
 
+def test_callers_on_several_threads_share_the_pool(threaded):
+    import threading
+
+    inputs = [rng.standard_normal((60, 50)) for _ in range(6)]
+    results: dict = {}
+
+    def work(i):
+        with np.errstate(all="ignore"):
+            results[i] = [par.ew(np.log, np.abs(inputs[i])) for _ in range(20)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in results.items():
+        with np.errstate(all="ignore"):
+            want = np.log(np.abs(inputs[i]))
+        assert all(same(g, want) for g in got)
+
+
 def test_a_pool_shut_down_meanwhile_leaves_the_work_to_the_caller(threaded):
     pool = par._workers()
     pool.shutdown()  # as set_num_threads in another thread, between _workers() and submit

@@ -192,8 +192,8 @@ def test_a_forked_child_computes_with_threads_of_its_own():
 
 # -- the ops: the threaded path is the plain path, bit for bit -----------------------------------
 
-UNARY = ["neg", "square", "sqrt", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu"]
-BINARY = ["add", "sub", "mul", "div"]
+UNARY = ["neg", "square", "sqrt", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "abs"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum"]
 POWERS = [2, 3, 0.5, -1, 1, 1.5, -2.5, 0, 2.0, np.float64(0.5), np.float64(2), np.int64(3)]
 
 

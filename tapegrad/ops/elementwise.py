@@ -285,11 +285,14 @@ class Abs(Elementwise):
     __slots__ = ()
 
     def forward(self, x):
-        return np.abs(x)
+        return ew(np.absolute, x) if x.size >= par.BIG else np.abs(x)
 
     def vjp(self, gy, xs, y):
         """d |x| = gy * sign(x)  (0 at 0)"""
         x = value(xs[0])
+        if _big(gy) and _big(x):
+            t = ew(np.sign, x)
+            return (ew(np.multiply, gy, t, into=t),)
         return (gy * np.sign(x),)
 
 
@@ -382,6 +385,8 @@ class Maximum(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.maximum, x0, x1)
         return np.maximum(x0, x1)
 
     def vjp(self, gy, xs, y):
@@ -396,6 +401,8 @@ class Minimum(Elementwise):
     __slots__ = ()
 
     def forward(self, x0, x1):
+        if x0.size >= par.BIG or x1.size >= par.BIG:
+            return ew(np.minimum, x0, x1)
         return np.minimum(x0, x1)
 
     def vjp(self, gy, xs, y):

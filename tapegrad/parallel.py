@@ -19,6 +19,7 @@ default is ``TAPEGRAD_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the usable c
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import threading
 import warnings
@@ -114,89 +115,68 @@ def ew(ufunc: np.ufunc, *args: Any, into: np.ndarray | None = None) -> Any:
                 if plan is not None:
                     return _run(ufunc, *plan)
                 break
-    if into is not None and _fits(ufunc, args, into):
+    if into is not None and _fits(into, *_result_of(ufunc, args)):
         return ufunc(*args, out=into)
     return ufunc(*args)
 
 
-def _fits(ufunc: np.ufunc, args: tuple, into: np.ndarray) -> bool:
-    """Whether ``ufunc(*args)`` has exactly ``into``'s shape and dtype (so writing the result into
-    ``into`` changes nothing but where it lives)."""
-    if not into.flags.writeable or into.base is not None:
-        return False
+def _fits(into: np.ndarray, shape: tuple | None, dtype: np.dtype | None) -> bool:
+    """Whether a result of ``shape`` and ``dtype`` may be written into ``into`` (changing nothing
+    but where it lives)."""
+    return (
+        into.shape == shape and into.dtype == dtype and into.base is None and into.flags.writeable
+    )
+
+
+def _result_of(ufunc: np.ufunc, args: tuple) -> tuple[tuple | None, np.dtype | None]:
+    """(shape, dtype) of ``ufunc(*args)``, the dtype found by computing one element; Nones when
+    the call would fail (the real call then raises the real error)."""
     try:
         shape = np.broadcast_shapes(*(np.shape(a) for a in args))
-    except ValueError:
-        return False
-    return shape == into.shape and _result_dtype(ufunc, args) == into.dtype
-
-
-def _result_dtype(ufunc: np.ufunc, args: tuple) -> np.dtype | None:
-    """The dtype ``ufunc(*args)`` returns, found by computing one element."""
-    probe = [a.reshape(-1)[:1] if isinstance(a, np.ndarray) else a for a in args]
-    try:
+        probe = [a.reshape(-1)[:1] if isinstance(a, np.ndarray) else a for a in args]
         with np.errstate(all="ignore"):
-            return ufunc(*probe).dtype
-    except Exception:  # the real call raises the real error
-        return None
+            return shape, ufunc(*probe).dtype
+    except Exception:
+        return None, None
 
 
 def _plan(ufunc: np.ufunc, args: tuple, into: np.ndarray | None):
-    """(slices of the arguments for each thread, output array), or None for a plain call."""
-    arrays = []
+    """(the arguments and output of each thread's slice, the whole output), or None for a plain
+    call."""
     for a in args:
-        if type(a) is np.ndarray:  # subclasses keep their own ufunc behaviour: plain call
-            arrays.append(a)
-        elif isinstance(a, np.ndarray):
-            return None
+        if isinstance(a, np.ndarray):
+            if type(a) is not np.ndarray:  # subclasses keep their own ufunc behaviour
+                return None
         elif not isinstance(a, (int, float, complex, np.generic)):
             return None
-    if not arrays or ufunc.nout != 1:
+    if ufunc.nout != 1:
         return None
-    try:
-        shape = np.broadcast_shapes(*(a.shape for a in arrays))
-    except ValueError:
+    shape, dtype = _result_of(ufunc, args)
+    if shape is None or math.prod(shape) < BIG or dtype.kind not in "biufc":
         return None
-    size = 1
-    for s in shape:
-        size *= s
-    if size < BIG:
-        return None
-    dtype = _result_dtype(ufunc, args)
-    if dtype is None or dtype.kind not in "biufc":
-        return None
-    if into is not None and _fits(ufunc, args, into):
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    if into is not None and _fits(into, shape, dtype):
         out = into
     else:  # laid out as NumPy would (order="K": like the first argument of the full shape)
         like = next((a for a in arrays if a.shape == shape), None)
         out = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype)
-    n = _threads
+    n, whole = _threads, out
     if shape[0] >= n:  # slices of the first axis; inputs that broadcast along it pass whole
-        cuts = [shape[0] * i // n for i in range(n + 1)]
-        nd = len(shape)
-
-        def part(a: Any, lo: int, hi: int) -> Any:
-            if isinstance(a, np.ndarray) and a.ndim == nd and a.shape[0] != 1:
-                return a[lo:hi]
-            return a
-
+        cut = [isinstance(a, np.ndarray) and a.ndim == len(shape) and a.shape[0] != 1 for a in args]
+        length = shape[0]
     elif out.flags.c_contiguous and all(a.shape == shape and a.flags.c_contiguous for a in arrays):
-        cuts = [size * i // n for i in range(n + 1)]
         args = tuple(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args)
-        flat_out = out.reshape(-1)
-
-        def part(a: Any, lo: int, hi: int) -> Any:
-            return a[lo:hi] if isinstance(a, np.ndarray) else a
-
-        jobs = [
-            (tuple(part(a, lo, hi) for a in args), flat_out[lo:hi])
-            for lo, hi in zip(cuts, cuts[1:])
-        ]
-        return jobs, out
+        cut = [isinstance(a, np.ndarray) for a in args]
+        out = out.reshape(-1)  # a view (C order): the slices write into the whole output
+        length = out.size
     else:
         return None
-    jobs = [(tuple(part(a, lo, hi) for a in args), out[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]
-    return jobs, out
+    cuts = [length * i // n for i in range(n + 1)]
+    jobs = [
+        (tuple(a[lo:hi] if c else a for a, c in zip(args, cut)), out[lo:hi])
+        for lo, hi in zip(cuts, cuts[1:])
+    ]
+    return jobs, whole
 
 
 def _run(ufunc: np.ufunc, jobs: list, out: np.ndarray) -> np.ndarray:

@@ -58,6 +58,29 @@ def test_ew_is_the_plain_call_bit_for_bit(threaded, name, ufunc, args):
         assert same(par.ew(ufunc, *args), ufunc(*args))
 
 
+def test_big_calls_really_run_in_slices_on_the_pool(threaded, monkeypatch):
+    import threading
+
+    seen = []
+    real = par._slice
+
+    def spy(ufunc, args, out):
+        seen.append((threading.current_thread().name, out.shape))
+        real(ufunc, args, out)
+
+    monkeypatch.setattr(par, "_slice", spy)
+    assert same(par.ew(np.sin, A), np.sin(A))
+    assert sorted(rows for _, (rows, _cols) in seen) == [12, 12, 13]  # 37 rows in 3 slices
+    assert sum(name.startswith("tapegrad-ew") for name, _ in seen) == 2
+    seen.clear()
+    two_rows = rng.standard_normal((2, 100))  # fewer rows than threads: cut in the flat order
+    assert same(par.ew(np.sin, two_rows), np.sin(two_rows))
+    assert sorted(shape for _, shape in seen) == [(66,), (67,), (67,)]
+    seen.clear()
+    par.ew(np.sin, np.ones(10))  # under BIG: one plain call
+    assert seen == []
+
+
 def test_ew_keeps_numpy_s_errors_and_the_caller_s_errstate(threaded):
     x = np.ones(1000)
     x[-1] = 0.0  # the zero is in the last slice, computed on a worker thread

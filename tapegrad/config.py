@@ -30,6 +30,13 @@ class _State:
             setattr(new, k, v)
         return new
 
+    # The two changes made on hot paths (every backward, every with-block), without keywords
+    def with_backprop(self, enable: bool) -> "_State":
+        return _State(enable, self.train, self.tapes)
+
+    def with_tapes(self, tapes: tuple) -> "_State":
+        return _State(self.enable_backprop, self.train, tapes)
+
 
 _FLAGS = ("enable_backprop", "train")
 _state: ContextVar[_State] = ContextVar("tapegrad_state", default=_State())  # noqa: B039 (never mutated)

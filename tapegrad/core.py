@@ -249,9 +249,15 @@ class Variable:
     __hash__ = object.__hash__
 
 
-# Tapes that keep a leaf's array without a copy, by serial (see Tape._external); a tape leaves
-# this table when it is freed.
-_lenders: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Tapes that keep a leaf's array without a copy: serial -> weak reference to the tape (see
+# Tape._external). A tape enters once, at its first such array, and leaves when it is freed.
+_lenders: dict[int, weakref.ref] = {}
+
+
+def _lend(tape: Any) -> None:
+    serial = tape._serial
+    if serial not in _lenders:
+        _lenders[serial] = weakref.ref(tape, lambda _, s=serial: _lenders.pop(s, None))
 
 
 def _give_back(v: Variable) -> None:
@@ -261,7 +267,8 @@ def _give_back(v: Variable) -> None:
     tape keeps the original. When the tape is gone (a training step's tape usually is by the
     time the optimizer updates the parameters), nothing is copied."""
     v._ti = 0
-    if _lenders.get(v._tt) is not None:
+    lender = _lenders.get(v._tt)
+    if lender is not None and lender() is not None:
         v._data = v._data.copy(order="K")
 
 
@@ -669,7 +676,7 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
         return
 
     st = _state.get()
-    token = _state.set(st.replace(enable_backprop=create_graph))
+    token = _state.set(st.with_backprop(create_graph))
     try:
         # gradients so far, by Variable (hashed by identity: no id() calls on the hot path)
         grads: dict[Variable, Any] = {root: seed}

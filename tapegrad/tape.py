@@ -24,7 +24,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ContextDecorator
 from typing import Any, Iterator
 
 import numpy as np
@@ -36,16 +36,16 @@ from .core import (
     Constant,
     Variable,
     _give_back,
-    _lenders,
+    _lend,
     _out_refs,
     _ScalarConstant,
 )
 
 _serials = itertools.count(1)
 _SLOT_LOCK = threading.Lock()
-# Tapes inside their with-block, by serial. A Variable's slot (_tt) that names a tape not in here
-# (its block is over, or it is gone) is free: the next tape to record the Variable claims it.
-_recording: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Serials of the tapes inside their with-block. A Variable's slot (_tt) that names a tape not in
+# here (its block is over) is free: the next tape to record the Variable claims it.
+_recording: set[int] = set()
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 INPUT, CONST, OP = "input", "const", "op"
@@ -316,7 +316,7 @@ class Tape:
                 and sys.getrefcount(d) <= 3  # x's slot, d, and getrefcount's argument
             ):
                 x._ti = -1
-                _lenders[self._serial] = self
+                _lend(self)
             else:
                 owner = d if d.base is None else d.base
                 self._ext[id(owner)] = owner
@@ -768,7 +768,7 @@ class Tape:
         # The pending calls are turned into records only when first needed (never, for a tape
         # that only served a live backward); they hold their Variables, so ids stay unique.
         self._closed = True
-        _recording.pop(self._serial, None)
+        _recording.discard(self._serial)
         self._ids.clear()
         self._pins.clear()
         self._ext.clear()
@@ -814,26 +814,52 @@ def _caller() -> tuple[str, int, str] | None:
     return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
 
 
-@contextmanager
 def record(
     path: str | os.PathLike | None = None, *, source: bool = False, meta: dict | None = None
-):
+) -> "_Recording":
     """Record every Function call made in the block onto a new Tape (and every enclosing one).
 
     With ``path``, each record is also streamed to that file as it happens; the file holds every
     record completed before a crash, and gets its footer when the block exits, even by an
     exception. ``source=True`` stores, per record, the file, line and function of the caller.
     """
-    tape = Tape(source=source, meta=meta)
-    if path is not None:
-        tape._start_stream(path)
-    _recording[tape._serial] = tape
-    st = _state.get()
-    _state.set(st.replace(tapes=st.tapes + (tape,)))
-    try:
-        yield tape
-    finally:
+    return _Recording(path, source, meta)
+
+
+class _Recording(ContextDecorator):
+    """The context manager ``record`` returns (a class, not a generator: a training loop enters
+    one per step). As a decorator, each call of the function records onto a tape of its own."""
+
+    __slots__ = ("_args", "_tape")
+
+    def __init__(self, path: Any, source: bool, meta: dict | None):
+        self._args = (path, source, meta)
+        self._tape: Tape | None = None
+
+    def _recreate_cm(self) -> "_Recording":
+        return _Recording(*self._args)
+
+    def __enter__(self) -> Tape:
+        if self._tape is not None:
+            raise RuntimeError("this record() block is already in use; call record() again")
+        path, source, meta = self._args
+        tape = self._tape = Tape(source=source, meta=meta)
+        if path is not None:
+            tape._start_stream(path)
+        _recording.add(tape._serial)
+        st = _state.get()
+        _state.set(st.with_tapes(st.tapes + (tape,)))
+        return tape
+
+    def __exit__(self, *exc: Any) -> None:
+        tape = self._tape
         # Take only this tape off (a Config setting made inside the block stays, as in DeZero).
         st = _state.get()
-        _state.set(st.replace(tapes=tuple(t for t in st.tapes if t is not tape)))
-        tape._close()
+        try:
+            tapes = st.tapes
+            last = tapes and tapes[-1] is tape
+            _state.set(
+                st.with_tapes(tapes[:-1] if last else tuple(t for t in tapes if t is not tape))
+            )
+        finally:
+            tape._close()

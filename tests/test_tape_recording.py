@@ -172,6 +172,36 @@ def test_a_parameter_lent_to_a_tape_that_is_kept_is_copied_for_the_next_tape():
     assert len(outer.records) == 6 and len(inner.records) == 2
 
 
+def test_a_freed_tape_leaves_the_table_of_tapes_that_keep_arrays():
+    from tapegrad.core import _lenders
+
+    W = tapegrad.Parameter(np.arange(3.0), name="W")
+    with tapegrad.record() as tape:
+        F.sum(W * W + W)  # W used twice: the tape enters the table once
+    assert tape._serial in _lenders
+    serial = tape._serial
+    del tape
+    assert serial not in _lenders
+
+
+def test_a_record_block_is_entered_once_and_decorates_a_function_per_call():
+    block = tapegrad.record()
+    with block:
+        pass
+    with pytest.raises(RuntimeError, match="already in use"):
+        block.__enter__()
+
+    @tapegrad.record()
+    def step(x):
+        return F.sum(x * x)
+
+    x = Variable(np.arange(3.0))
+    with tapegrad.record() as outer:
+        step(x)
+        step(x)  # a new inner tape each call; the enclosing tape sees both calls
+    assert [r.op for r in outer.records] == ["mul", "sum", "mul", "sum"]
+
+
 def test_reaching_a_kept_array_while_its_tape_lives_gives_the_variable_a_copy():
     W = tapegrad.Parameter(np.arange(3.0), name="W")
     with tapegrad.record() as tape:

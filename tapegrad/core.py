@@ -26,14 +26,9 @@ from typing import Any
 import numpy as np
 
 from . import parallel as _par
+from ._pool import _EXACT_REFCOUNTS, pool
 from .config import _state
 from .registry import _OPS
-
-# sys.getrefcount counts every reference (CPython with its GIL): an array nothing else refers to
-# may then be kept or overwritten instead of copied (see Tape._external and _accumulate)
-_EXACT_REFCOUNTS = (
-    sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
-)
 
 _counter = itertools.count(1)
 _wref = weakref.ref
@@ -293,6 +288,15 @@ class _ScalarConstant(Constant):
     __slots__ = ()
 
 
+def _made(cls: type, data: np.ndarray) -> Any:
+    """``cls(data)`` for an ndarray of ours, without ``Variable.__init__``'s argument checks."""
+    v = _new(cls)
+    v._data = data
+    v.name = v.grad = v.creator = None
+    v._ver = v._tt = v._ti = 0
+    return v
+
+
 def as_array(x: Any, array_module: Any = np) -> np.ndarray:
     """A NumPy scalar or Python number as a 0-d array; anything else unchanged (as DeZero)."""
     if np.isscalar(x):
@@ -328,7 +332,7 @@ def _to_inputs(inputs: tuple) -> list[Variable]:
         elif isinstance(x, np.ndarray):
             if ref is None or ref.kind == "b":
                 ref = x.dtype
-            x = Constant(x)
+            x = _made(Constant, x)
         elif isinstance(x, (int, float, complex, bool, np.generic)):
             scalars = True
         else:
@@ -338,7 +342,10 @@ def _to_inputs(inputs: tuple) -> list[Variable]:
             )
         vs.append(x)
     if scalars:
-        vs = [x if isinstance(x, Variable) else _ScalarConstant(_scalar_array(x, ref)) for x in vs]
+        vs = [
+            x if isinstance(x, Variable) else _made(_ScalarConstant, _scalar_array(x, ref))
+            for x in vs
+        ]
     return vs
 
 
@@ -477,7 +484,7 @@ class Function:
             ) from None
         if type(ys) is tuple:
             return node._finish_many(self, st, vs, ys)
-        y = _new(Variable)  # Variable(...) without the argument checks: ys is ours
+        y = _new(Variable)  # _made(Variable, ...), inlined: this is every call's path
         y._data = ys if type(ys) is np.ndarray else np.asarray(ys)
         y.name = y.grad = None
         y._ver = y._tt = y._ti = 0
@@ -564,7 +571,7 @@ def _wrap(g: Any) -> Variable:
     """A gradient as a Variable (NumPy turns 0-d results into scalars: make them arrays again)."""
     if isinstance(g, Variable):
         return g
-    return Variable(g if type(g) is np.ndarray else np.asarray(g))
+    return _made(Variable, g if type(g) is np.ndarray else np.asarray(g))
 
 
 def _call_backward(f: Function, gys: list, create_graph: bool) -> tuple:
@@ -744,3 +751,4 @@ def _backward(root: Variable, retain_grad: bool, create_graph: bool) -> None:
             x.grad = g if x.grad is None else x.grad + g
     finally:
         _state.reset(token)
+    pool.trim()  # the buffers this backward did not reuse (see tapegrad._pool)

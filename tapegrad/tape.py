@@ -30,9 +30,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._gc import gc_paused
+from ._pool import _EXACT_REFCOUNTS, pool
 from .config import _state
 from .core import (
-    _EXACT_REFCOUNTS,
     Constant,
     Variable,
     _give_back,
@@ -320,7 +320,7 @@ class Tape:
             else:
                 owner = d if d.base is None else d.base
                 self._ext[id(owner)] = owner
-                d = np.array(d, copy=True)
+                d = pool.copy(d)
         self._pending.append((x, d, x._ver))
 
     def _materialize(self) -> None:
@@ -772,6 +772,7 @@ class Tape:
         self._ids.clear()
         self._pins.clear()
         self._ext.clear()
+        pool.trim()
         if self._writer is not None:
             w, self._writer = self._writer, None
             w.close(self)

@@ -28,6 +28,7 @@ from gradcheck_util import (
 import tapegrad
 import tapegrad.functions as F
 from tapegrad import Variable
+from tapegrad.core import _out_refs
 from tapegrad.registry import _OPS as _OPS_TABLE
 
 
@@ -609,6 +610,21 @@ def test_gradient_matches_central_differences(c: Case, rng):
         assert g.shape == np.shape(args[i]), (i, g.shape, np.shape(args[i]))
         assert g.dtype == np.float64, (i, g.dtype)
         assert_close(g, n, rtol=1e-5, atol=1e-7, what=f"{c.id}: d/d arg {i}")
+
+
+@pytest.mark.parametrize("c", CASES, ids=CASE_IDS)
+def test_an_op_said_to_return_fresh_arrays_never_returns_an_inputs_memory(c: Case, rng):
+    # A tape keeps the outputs of a ``fresh`` op without checking them against the user's arrays.
+    args = make_args(c, rng)
+    with tapegrad.record() as tape:
+        out = c.fn(*args)  # kept alive: the last call's output is checked too
+    for fn, *_ in tape._entries:
+        if type(fn).fresh:
+            ys = [r()._data for r in _out_refs(fn._outs)]
+            for x in fn._ins:
+                for y in ys:
+                    assert not np.shares_memory(x._data, y), (c.id, fn)
+    del out
 
 
 def test_softmax_gradient_in_a_random_direction_is_not_zero(rng):

@@ -16,17 +16,24 @@ from .base import Op, value, xp
 @register_op("mean_squared_error")
 class MeanSquaredError(Op):
     __slots__ = ()
+    fresh = True  # losses are new 0-d arrays
 
     def forward(self, x0, x1):
         diff = x0 - x1
         return (diff**2).sum() / len(diff)
 
-    def vjp(self, gy, xs, y):
+    uses_need = True
+
+    def vjp(self, gy, xs, y, need=(True, True)):
         """d mse = (gy * diff * 2/N, -gy * diff * 2/N)"""
         x0, x1 = xs
         diff = x0 - x1
-        gx0 = xp.broadcast_to(gy, diff.shape) * diff * (2.0 / len(diff))
-        return xp.sum_to(gx0, x0.shape), xp.sum_to(-gx0, x1.shape)
+        if diff.__class__ is np.ndarray and gy.__class__ is not Variable:
+            gx0 = gy * diff * (2.0 / len(diff))  # a 0-d gy broadcasts as broadcast_to would
+        else:
+            gx0 = xp.broadcast_to(gy, diff.shape) * diff * (2.0 / len(diff))
+        gx1 = xp.sum_to(-gx0, x1.shape) if need[1] else None  # a target t needs none
+        return (xp.sum_to(gx0, x0.shape) if need[0] else None), gx1
 
 
 def _log_softmax_rows(x):
@@ -40,6 +47,7 @@ class SoftmaxCrossEntropy(Op):
     """Mean over the batch of -log softmax(x)[i, t[i]]; t holds class indices."""
 
     __slots__ = ()
+    fresh = True
 
     def forward(self, x, t):
         n = x.shape[0]

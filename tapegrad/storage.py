@@ -229,6 +229,8 @@ class Stream:
                 if y is not None:
                     self._wire(y, i)
                 d = ys[j]
+                if d.__class__ is not np.ndarray:  # a 0-d result kept as a NumPy scalar
+                    d = np.asarray(d)
                 j += 1
                 w.add_value(ValueInfo(f"%{i}", OP, d.dtype.str, d.shape), d)
                 outs.append(i)

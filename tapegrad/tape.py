@@ -33,6 +33,7 @@ from ._gc import gc_paused
 from ._pool import _EXACT_REFCOUNTS, pool
 from .config import _state
 from .core import (
+    _SCALARS,
     Constant,
     Variable,
     _give_back,
@@ -306,6 +307,8 @@ class Tape:
                 self._ids[id(x)] = x._ver
                 self._pins.append(x)
             d = x._data
+            if d.__class__ in _SCALARS:  # a 0-d result kept as a NumPy scalar: its array now
+                d = x._data = np.asarray(d)
             if isinstance(x, _ScalarConstant):
                 pass
             elif (
@@ -354,7 +357,10 @@ class Tape:
                 if y is not None:
                     wire[id(y)] = len(values)
                 outs.append(len(values))
-                values.append(ys[j])
+                d = ys[j]
+                values.append(
+                    d if d.__class__ is np.ndarray else np.asarray(d)
+                )  # see core._SCALARS
                 names.append(None)
                 kinds.append(OP)
                 j += 1

@@ -1018,3 +1018,65 @@ def test_a_scalar_rule_gives_the_same_bits_on_scalars_and_0d_arrays(name, dtype)
             for a, b in zip(on_arrays, on_scalars):
                 a, b = np.asarray(a), np.asarray(b)
                 assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (name, v)
+
+
+SCALAR_FORWARD_OPS = sorted(name for name, cls in _OPS_TABLE.items() if cls.scalar_forward)
+
+
+def test_the_ops_whose_forward_takes_scalars_are_the_expected_ones():
+    assert SCALAR_FORWARD_OPS == sorted(
+        "add sub mul div neg square sqrt exp log sin cos tanh abs sigmoid relu maximum minimum".split()
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", SCALAR_FORWARD_OPS)
+def test_a_scalar_forward_gives_the_same_bits_on_scalars_and_0d_arrays(name, dtype):
+    """A 0-d result is kept as a NumPy scalar and reaches these forwards so (an offline replay
+    and DeZero run them on 0-d arrays): the same bits, special values included."""
+    cls = _OPS_TABLE[name]
+    n = 2 if name in ("add", "sub", "mul", "div", "maximum", "minimum") else 1
+    with np.errstate(all="ignore"):
+        for i, v in enumerate(SPECIAL):
+            xs = [np.array(v, dtype), np.array(SPECIAL[(i + 3) % len(SPECIAL)], dtype)][:n]
+            on_arrays = np.asarray(cls().forward(*xs))
+            for mixed in ([x[()] for x in xs], [xs[0][()], *xs[1:]]):
+                on_scalars = np.asarray(cls().forward(*mixed))
+                assert on_arrays.dtype == on_scalars.dtype, (name, v)
+                assert on_arrays.tobytes() == on_scalars.tobytes(), (name, v)
+
+
+def test_a_0d_result_is_kept_as_a_scalar_and_data_gives_one_array(rng):
+    x = Variable(np.array(0.5), name="x")
+    with tapegrad.record() as tape:
+        y = F.tanh(x * 2.0 + 1.0)
+    assert type(y._data) is np.float64  # kept small until asked for
+    d = y.data
+    assert type(d) is np.ndarray and d.shape == () and y.data is d
+    d[...] = 7.0  # the caller's array: the tape keeps the value it recorded
+    assert tape[tape.outputs[0]] == np.tanh(0.5 * 2.0 + 1.0)
+    assert type(tape[tape.outputs[0]]) is np.ndarray
+    assert repr(F.tanh(x)) == f"variable({np.tanh(0.5)})" and len(str(F.exp(x))) > 0
+
+
+def test_ops_and_functions_that_want_arrays_get_0d_arrays_from_scalar_results():
+    seen = []
+
+    class Spy(tapegrad.Function):
+        def forward(self, a, b):
+            seen.append((type(a), type(b)))
+            return a + b
+
+        def backward(self, gy):
+            seen.append(type(gy.data))
+            return gy, gy
+
+    x = Variable(np.array(0.25, np.float32))
+    y = x * 3.0  # a NumPy scalar inside
+    z = Spy()(y, F.reshape(F.sin(x), ()))
+    w = F.sum(F.broadcast_to(z, (3,))) + F.reshape(y, (1,))[0]
+    w.backward()
+    assert seen[0] == (np.ndarray, np.ndarray) and seen[1] is np.ndarray
+    assert x.grad.dtype == np.float32 and type(x.grad.data) is np.ndarray
+    expect = 3 * (3.0 + np.cos(np.float32(0.25))) + 3.0
+    np.testing.assert_allclose(x.grad.data, expect, rtol=1e-6)

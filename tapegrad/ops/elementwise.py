@@ -47,6 +47,7 @@ class Elementwise(Op):
 class Add(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:
@@ -62,6 +63,7 @@ class Add(Elementwise):
 class Sub(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:
@@ -76,6 +78,7 @@ class Sub(Elementwise):
 @register_op("mul")
 class Mul(Elementwise):
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     def forward(self, x0, x1):
@@ -94,6 +97,7 @@ class Mul(Elementwise):
 @register_op("div")
 class Div(Elementwise):
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:
@@ -114,6 +118,7 @@ class Div(Elementwise):
 class Neg(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x):
         return ew(np.negative, x) if x.size >= par.BIG else -x
@@ -166,10 +171,11 @@ def _power(x: np.ndarray, c) -> np.ndarray:
 @register_op("square")
 class Square(Elementwise):
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     def forward(self, x):
-        return ew(np.square, x) if x.size >= par.BIG else x**2
+        return ew(np.square, x) if x.size >= par.BIG else np.square(x)  # x**2's own path
 
     def vjp(self, gy, xs, y):
         """d(x**2) = 2 * x * gy"""
@@ -183,6 +189,7 @@ class Square(Elementwise):
 class Sqrt(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     needs_y = True
@@ -202,6 +209,7 @@ class Sqrt(Elementwise):
 class Exp(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     needs_y = True
@@ -217,6 +225,7 @@ class Exp(Elementwise):
 @register_op("log")
 class Log(Elementwise):
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     def forward(self, x):
@@ -230,6 +239,7 @@ class Log(Elementwise):
 @register_op("sin")
 class Sin(Elementwise):
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     def forward(self, x):
@@ -246,6 +256,7 @@ class Sin(Elementwise):
 @register_op("cos")
 class Cos(Elementwise):
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     def forward(self, x):
@@ -264,6 +275,7 @@ class Cos(Elementwise):
 class Tanh(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     needs_y = True
@@ -283,6 +295,7 @@ class Tanh(Elementwise):
 @register_op("abs")
 class Abs(Elementwise):
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x):
         return ew(np.absolute, x) if x.size >= par.BIG else np.abs(x)
@@ -300,6 +313,7 @@ class Abs(Elementwise):
 class Sigmoid(Elementwise):
     needs_x = False  # the rule reads only the input's shape and dtype
     __slots__ = ()
+    scalar_forward = True
     scalar_rule = True
 
     needs_y = True
@@ -323,6 +337,7 @@ class Sigmoid(Elementwise):
 @register_op("relu")
 class ReLU(Elementwise):
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x):
         return ew(np.maximum, x, 0.0) if x.size >= par.BIG else np.maximum(x, 0.0)
@@ -383,6 +398,7 @@ def _tie_split(x0, x1, dtype):
 @register_op("maximum")
 class Maximum(Elementwise):
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:
@@ -399,6 +415,7 @@ class Maximum(Elementwise):
 @register_op("minimum")
 class Minimum(Elementwise):
     __slots__ = ()
+    scalar_forward = True
 
     def forward(self, x0, x1):
         if x0.size >= par.BIG or x1.size >= par.BIG:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -119,5 +120,11 @@ class _Pool:
         with self._lock:
             return sum(map(len, self._bufs.values())), self._bytes
 
+    def _after_fork(self) -> None:
+        """In a forked child: another thread of the parent may have held the lock at the fork."""
+        self._lock = threading.Lock()
+
 
 pool = _Pool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=pool._after_fork)

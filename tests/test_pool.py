@@ -3,6 +3,10 @@ them, bounded, let go when free, and holding the same bits NumPy would give."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -119,6 +123,26 @@ def test_threads_never_share_a_buffer():
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_while_a_thread_held_the_pool_uses_it():
+    code = textwrap.dedent(
+        """
+        import os, numpy as np
+        from tapegrad._pool import pool
+        with pool._lock:  # as if another thread were inside the pool at the fork
+            pid = os.fork()
+            if pid == 0:
+                a = pool.empty((128, 128), np.dtype(np.float64))
+                a.fill(2.0)
+                os._exit(0 if a.base is not None and (a == 2.0).all() else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "0", out.stderr
 
 
 def step(params, x, t):

@@ -40,9 +40,14 @@ _counter = itertools.count(1)
 _SCALARS = frozenset({np.float64, np.float32})
 
 
+def _as_array(d: Any) -> Any:
+    """``d``, or the 0-d array of a result kept as a NumPy scalar."""
+    return np.asarray(d) if d.__class__ in _SCALARS else d
+
+
 def _arrays(ds: Any) -> list:
     """``ds`` with NumPy scalars made 0-d arrays (for a forward or rule that wants ndarrays)."""
-    return [np.asarray(d) if d.__class__ in _SCALARS else d for d in ds]
+    return [_as_array(d) for d in ds]
 
 
 _wref = weakref.ref

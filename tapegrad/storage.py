@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._gc import gc_paused
-from .core import Constant, _out_refs
+from .core import Constant, _as_array, _out_refs
 from .fileformat import (
     RecordColumns,
     RecordInfo,
@@ -228,9 +228,7 @@ class Stream:
                 y = r()
                 if y is not None:
                     self._wire(y, i)
-                d = ys[j]
-                if d.__class__ is not np.ndarray:  # a 0-d result kept as a NumPy scalar
-                    d = np.asarray(d)
+                d = _as_array(ys[j])  # a 0-d result may be kept as a NumPy scalar
                 j += 1
                 w.add_value(ValueInfo(f"%{i}", OP, d.dtype.str, d.shape), d)
                 outs.append(i)

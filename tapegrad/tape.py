@@ -36,6 +36,7 @@ from .core import (
     _SCALARS,
     Constant,
     Variable,
+    _as_array,
     _give_back,
     _lend,
     _out_refs,
@@ -357,10 +358,7 @@ class Tape:
                 if y is not None:
                     wire[id(y)] = len(values)
                 outs.append(len(values))
-                d = ys[j]
-                values.append(
-                    d if d.__class__ is np.ndarray else np.asarray(d)
-                )  # see core._SCALARS
+                values.append(_as_array(ys[j]))  # a 0-d result may be a NumPy scalar
                 names.append(None)
                 kinds.append(OP)
                 j += 1
